@@ -1,0 +1,40 @@
+# Thin wrapper: every target calls `mlvos` or pytest from the project's virtualenv in .venv.
+# The virtualenv is created on first use; torch is pinned to the CPU build (2.13.0) that pip takes
+# from this machine's disk (never an unpinned torch: that pulls a multi-GB CUDA build).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mlvos-installed
+EXTRAS := train,export,ort,dev
+
+CKPT ?= .cache/demo/tiny.pt
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test test-fast info lint clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+venv: $(STAMP) ## create/update the virtualenv in .venv
+
+demo: $(STAMP) ## main job on the CPU: synthetic video -> tiny model -> propagate -> J&F and FPS
+	$(BIN)/mlvos demo
+
+test: $(STAMP) ## run the test suite (CPU; gpu-marked tests skip without a GPU)
+	$(BIN)/python -m pytest -q
+
+info: $(STAMP) ## parameters and GMACs of every variant at 480x864
+	$(BIN)/mlvos model info
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check .
+
+clean: ## remove caches and generated artifacts (keeps .venv)
+	rm -rf .cache .pytest_cache .ruff_cache build *.egg-info

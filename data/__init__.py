@@ -1,0 +1,10 @@
+"""Datasets for mlvos: palette PNG I/O, synthetic VOS data, DAVIS / YouTube-VOS / static readers.
+
+Submodules are imported on demand so `import mlvos.data` stays light (no torch, no cv2):
+  mlvos.data.palette   DAVIS palette PNG masks and RGB frames            (numpy, pillow)
+  mlvos.data.synth     procedural DAVIS-layout dataset generator         (numpy, cv2, pillow)
+  mlvos.data.datasets  DAVIS / YouTube-VOS / static image+mask readers   (numpy, pillow)
+  mlvos.data.clips     training clips: static-image simulation, video sampling (numpy, cv2)
+  mlvos.data.metrics, mlvos.data.evaluate   J&F evaluation
+  mlvos.data.cli       `mlvos data synth|check`
+"""

@@ -1,0 +1,85 @@
+"""`mlvos env`: versions and hardware, for bug reports. Never crashes on a missing package."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import shutil
+import subprocess
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "env", help="print versions of python, numpy, torch, onnx, ORT, TensorRT, GPU"
+    )
+    p.set_defaults(func=main)
+
+
+def _version(module: str) -> str:
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:  # ImportError, or a broken install raising anything
+        return f"not installed ({type(e).__name__})"
+    return str(getattr(mod, "__version__", "installed (no __version__)"))
+
+
+def _nvidia_smi() -> str:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return "none (nvidia-smi not found)"
+    try:
+        out = subprocess.run(
+            [
+                exe,
+                "--query-gpu=name,driver_version,memory.total,compute_cap",
+                "--format=csv,noheader",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"nvidia-smi failed: {e}"
+    return out.stdout.strip() or f"nvidia-smi: {out.stderr.strip()}"
+
+
+def collect() -> dict[str, str]:
+    from mlvos import __version__
+
+    info = {
+        "mlvos": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+    for name in ("numpy", "torch", "onnx", "onnxruntime", "polygraphy"):
+        info[name] = _version(name)
+    # Importing tensorrt only loads the bindings; no runtime/builder is created here, which is what
+    # segfaults without a GPU.
+    info["tensorrt"] = _version("tensorrt")
+    try:
+        import torch
+
+        info["torch.cuda"] = (
+            f"{torch.version.cuda}, {torch.cuda.device_count()} device(s)"
+            if torch.cuda.is_available()
+            else f"not available (built for CUDA {torch.version.cuda})"
+        )
+    except Exception:
+        pass
+    try:
+        import onnxruntime as ort
+
+        info["onnxruntime providers"] = ", ".join(ort.get_available_providers())
+    except Exception:
+        pass
+    info["gpu"] = _nvidia_smi()
+    return info
+
+
+def main(args: argparse.Namespace) -> int:
+    for k, v in collect().items():
+        print(f"{k + ':':<24}{v}")
+    return 0

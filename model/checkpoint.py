@@ -1,0 +1,135 @@
+"""Checkpoints: one file that loads with torch.load(weights_only=True) and rebuilds its model.
+
+Layout (plain dict):
+    format: "mlvos-checkpoint", format_version: 1, mlvos_version: str,
+    variant: str, config: dict (ModelConfig.to_dict), stage: str, iteration: int,
+    model: state_dict, extra: dict (training state such as optimizer/RNG, optional)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlvos import __version__
+from mlvos.errors import CheckpointError
+from mlvos.fileio import atomic_path
+from mlvos.model.config import ModelConfig
+from mlvos.model.network import STMNet
+from mlvos.model.registry import build_model
+
+FORMAT = "mlvos-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: STMNet,
+    *,
+    stage: str = "init",
+    iteration: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically (temp file + rename)."""
+    state = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "mlvos_version": __version__,
+        "variant": model.variant,
+        "config": model.config.to_dict(),
+        "stage": stage,
+        "iteration": int(iteration),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate the raw checkpoint dict (no model built).
+
+    Raises:
+        CheckpointError: missing, truncated, not a torch file, or not an mlvos checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError, ...
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or not a torch file; "
+            f"{type(e).__name__}: {detail[:200]}). Re-create it with `mlvos model init` or "
+            "`mlvos train`"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a torch file but not an mlvos checkpoint (no format={FORMAT!r} entry); "
+            "bare state dicts are not accepted because they cannot rebuild their model"
+        )
+    if state.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {state['format_version']}, newer than this mlvos "
+            f"({__version__}) reads ({FORMAT_VERSION}); upgrade mlvos"
+        )
+    for key in ("variant", "config", "model"):
+        if key not in state:
+            raise CheckpointError(f"{path} lacks the {key!r} entry; the file is incomplete")
+    return state
+
+
+def load_model(
+    path: str | os.PathLike, *, variant: str | None = None, map_location: str = "cpu"
+) -> tuple[STMNet, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights strictly.
+
+    Args:
+        path: checkpoint file.
+        variant: if given, the checkpoint must be of this variant.
+
+    Returns:
+        (model in eval mode, raw checkpoint dict).
+
+    Raises:
+        CheckpointError: unreadable file, wrong variant, or missing/unexpected/mis-shaped keys.
+    """
+    state = read_checkpoint(path)
+    if variant is not None and state["variant"] != variant:
+        raise CheckpointError(
+            f"{path} is a checkpoint of variant {state['variant']!r}, expected {variant!r}; "
+            f"pass --variant {state['variant']} or use a checkpoint of {variant!r}"
+        )
+    config = ModelConfig.from_dict(state["config"])
+    model = build_model(state["variant"], config)
+    load_state_strict(model, state["model"], source=str(path))
+    return model.to(map_location).eval(), state
+
+
+def load_state_strict(model: STMNet, state_dict: dict[str, torch.Tensor], *, source: str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[:5]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:5]})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:3]})")
+        raise CheckpointError(
+            f"weights in {source} do not match the {model.variant!r} model: " + "; ".join(parts)
+        )
+    model.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,146 @@
+"""Frozen configuration dataclasses; a variant (registry.py) sets only what differs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlvos.errors import ConfigError
+
+BLOCKS = ("basic", "bottleneck")
+PYRAMIDS = ("up", "down")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A (multi-level) ResNet backbone.
+
+    Attributes:
+        block: "basic" (ResNet-18/34) or "bottleneck" (ResNet-50/101).
+        layers: residual blocks per stage; len(layers) = number of down stages (3 -> stride 16,
+            4 -> stride 32).
+        stem_width: channels of the stem (64 in torchvision ResNets).
+        widths: base width of each stage (64, 128, 256, 512 in torchvision); a bottleneck stage
+            outputs 4x its width.
+        levels: number of "down-and-up" levels (1 = plain ResNet plus an optional up path).
+        up_channels: common width of the up path (MSPN: 256).
+        pyramid: which features feed STM: "up" (the last level's up path, every scale enriched
+            by the coarser ones; the paper's point) or "down" (the last level's down units, a
+            drop-in for ResNet's r2/r3/r4).
+        later_widths_scale: width multiplier of levels > 1 (1.0 = full ResNet-like as MSPN).
+    """
+
+    block: str = "bottleneck"
+    layers: tuple[int, ...] = (3, 4, 6, 3)
+    stem_width: int = 64
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    levels: int = 2
+    up_channels: int = 256
+    pyramid: str = "up"
+    later_widths_scale: float = 1.0
+
+    @property
+    def expansion(self) -> int:
+        return 4 if self.block == "bottleneck" else 1
+
+    @property
+    def stride(self) -> int:
+        """Total stride of the deepest down stage (the padding multiple)."""
+        return 2 ** (len(self.layers) + 1)
+
+    def stage_channels(self, level: int = 0) -> tuple[int, ...]:
+        """Output channels of each down stage at `level` (0-based)."""
+        scale = 1.0 if level == 0 else self.later_widths_scale
+        return tuple(
+            int(round(w * scale)) * self.expansion for w in self.widths[: len(self.layers)]
+        )
+
+    def feature_channels(self) -> tuple[int, int, int]:
+        """Channels of the (stride 4, stride 8, stride 16) features handed to STM."""
+        if self.pyramid == "up":
+            return (self.up_channels,) * 3
+        c = self.stage_channels(self.levels - 1)
+        return (c[0], c[1], c[2])
+
+    def validate(self) -> None:
+        if self.block not in BLOCKS:
+            raise ConfigError(f"backbone.block must be one of {BLOCKS}, got {self.block!r}")
+        if self.pyramid not in PYRAMIDS:
+            raise ConfigError(f"backbone.pyramid must be one of {PYRAMIDS}, got {self.pyramid!r}")
+        if len(self.layers) not in (3, 4):
+            raise ConfigError(
+                f"backbone.layers needs 3 (stride 16) or 4 (stride 32) stages, got {self.layers}"
+            )
+        if len(self.widths) < len(self.layers):
+            raise ConfigError(
+                f"backbone.widths has {len(self.widths)} entries for {len(self.layers)} stages"
+            )
+        if self.levels < 1:
+            raise ConfigError(f"backbone.levels must be >= 1, got {self.levels}")
+        if self.levels > 1 and self.pyramid == "down" and self.up_channels <= 0:
+            raise ConfigError("a multi-level backbone needs up_channels > 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The whole STM network.
+
+    Attributes:
+        query_backbone: backbone of the query encoder.
+        memory_backbone: backbone of the memory encoder; None = same config as the query's
+            (separate weights either way, as in STM).
+        key_dim / value_dim: channels of the key (128 in STM) and value (512) projections.
+        decoder_dim: width of the refine decoder (256 in STM).
+        freeze_bn: keep BatchNorm statistics frozen during training (STM's encoders do).
+    """
+
+    query_backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    memory_backbone: BackboneConfig | None = None
+    key_dim: int = 128
+    value_dim: int = 512
+    decoder_dim: int = 256
+    freeze_bn: bool = True
+
+    @property
+    def memory(self) -> BackboneConfig:
+        return self.memory_backbone or self.query_backbone
+
+    @property
+    def stride(self) -> int:
+        """Padding multiple: the largest total stride of the two backbones."""
+        return max(self.query_backbone.stride, self.memory.stride)
+
+    def validate(self) -> None:
+        self.query_backbone.validate()
+        self.memory.validate()
+        for name in ("key_dim", "value_dim", "decoder_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of to_dict; unknown keys are an error (a typo must not pass silently)."""
+        d = dict(d)
+        _reject_unknown(cls, d, "model config")
+        for key in ("query_backbone", "memory_backbone"):
+            if isinstance(d.get(key), dict):
+                sub = dict(d[key])
+                _reject_unknown(BackboneConfig, sub, key)
+                for k in ("layers", "widths"):
+                    if k in sub:
+                        sub[k] = tuple(sub[k])
+                d[key] = BackboneConfig(**sub)
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+
+def _reject_unknown(cls: type, d: dict[str, Any], what: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown keys in {what}: {unknown}; known keys: {sorted(known)}")

@@ -1,0 +1,96 @@
+"""STM's refine decoder (no BatchNorm) and multi-object soft aggregation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlvos.model.multilevel import upsample2x
+from mlvos.runtime.spec import AGG_EPS
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: x + conv(relu(conv(relu(x))))."""
+
+    def __init__(self, indim: int, outdim: int | None = None):
+        super().__init__()
+        outdim = outdim or indim
+        self.conv1 = nn.Conv2d(indim, outdim, 3, 1, 1)
+        self.conv2 = nn.Conv2d(outdim, outdim, 3, 1, 1)
+        self.downsample = nn.Conv2d(indim, outdim, 3, 1, 1) if indim != outdim else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.conv1(F.relu(x))
+        r = self.conv2(F.relu(r))
+        return (x if self.downsample is None else self.downsample(x)) + r
+
+
+class Refine(nn.Module):
+    def __init__(self, skip_dim: int, dim: int):
+        super().__init__()
+        self.convFS = nn.Conv2d(skip_dim, dim, 3, 1, 1)
+        self.ResFS = ResBlock(dim)
+        self.ResMM = ResBlock(dim)
+
+    def forward(self, skip: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        s = self.ResFS(self.convFS(skip))
+        return self.ResMM(s + upsample2x(coarse))
+
+
+class Decoder(nn.Module):
+    """(readout ++ query value) at stride 16 + skips at 8 and 4 -> one fg logit per object."""
+
+    def __init__(self, in_dim: int, skip8_dim: int, skip4_dim: int, dim: int):
+        super().__init__()
+        self.convFM = nn.Conv2d(in_dim, dim, 3, 1, 1)
+        self.ResMM = ResBlock(dim)
+        self.RF3 = Refine(skip8_dim, dim)
+        self.RF2 = Refine(skip4_dim, dim)
+        # One logit (STCN-style) instead of STM's two: softmax over two logits is sigmoid(l1 - l0).
+        self.pred = nn.Conv2d(dim, 1, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor, skip8: torch.Tensor, skip4: torch.Tensor) -> torch.Tensor:
+        """x (O, in_dim, h, w), skip8 (O, ., 2h, 2w), skip4 (O, ., 4h, 4w) -> (O, 16h, 16w)."""
+        m = self.ResMM(self.convFM(x))
+        m = self.RF3(skip8, m)
+        m = self.RF2(skip4, m)
+        p = self.pred(F.relu(m))
+        p = F.interpolate(p, scale_factor=4.0, mode="bilinear", align_corners=False)
+        return p[:, 0]
+
+
+def soft_aggregate_logits(
+    fg_logits: torch.Tensor, obj_valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """STM's soft aggregation of independent per-object predictions, as logits.
+
+    Args:
+        fg_logits: (..., O, H, W) per-object foreground logits.
+        obj_valid: optional (..., O) float/bool; empty object slots get probability 0.
+
+    Returns:
+        (..., O+1, H, W) logits whose softmax over dim -3 is the aggregated distribution,
+        background first. Kept in float32 (the clamp at 1e-7 is not representable in float16).
+    """
+    p = torch.sigmoid(fg_logits.float())
+    if obj_valid is not None:
+        p = p * obj_valid.to(p.dtype)[..., None, None]
+    bg = torch.prod(1.0 - p, dim=-3, keepdim=True)
+    em = torch.cat([bg, p], dim=-3).clamp(AGG_EPS, 1.0 - AGG_EPS)
+    return torch.log(em / (1.0 - em))
+
+
+def soft_aggregate(fg_logits: torch.Tensor) -> torch.Tensor:
+    """(O, H, W) foreground logits -> (O+1, H, W) probabilities summing to one, background first."""
+    return torch.softmax(soft_aggregate_logits(fg_logits), dim=-3)
+
+
+def aggregate_outputs(fg_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O, H, W) foreground logits -> obj_probs (O, H, W) float32 and labels (H, W) uint8.
+
+    obj_probs is what the memory encoder takes next; labels holds the argmax slot (0 = background,
+    k = k-th object), so a runtime maps slots to object ids with a lookup table.
+    """
+    probs = soft_aggregate(fg_logits)
+    return probs[1:], probs.argmax(dim=0).to(torch.uint8)

@@ -1,0 +1,97 @@
+"""STM's query and memory encoders on top of the (multi-level) backbone, with key/value heads."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from mlvos.model.config import BackboneConfig
+from mlvos.model.multilevel import MultiLevelBackbone
+from mlvos.runtime.spec import PIXEL_MEAN, PIXEL_STD
+
+
+class QueryFeatures(NamedTuple):
+    """Output of the query encoder for B frames (h, w = H/16, W/16).
+
+    key:   (B, Ck, h, w)   float, unscaled (the read applies 1/sqrt(Ck))
+    value: (B, Cv, h, w)   float
+    skip8: (B, C8, 2h, 2w) float, decoder skip at stride 8
+    skip4: (B, C4, 4h, 4w) float, decoder skip at stride 4
+    """
+
+    key: torch.Tensor
+    value: torch.Tensor
+    skip8: torch.Tensor
+    skip4: torch.Tensor
+
+
+class Normalize(nn.Module):
+    """Pixels in [0, 255] (uint8/float) -> ImageNet-normalized float (runtime.spec constants)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, frame: torch.Tensor) -> torch.Tensor:
+        return (frame.to(self.mean.dtype) - self.mean) / self.std
+
+
+class KeyValue(nn.Module):
+    """STM's key/value projection: two 3x3 convs with bias."""
+
+    def __init__(self, in_dim: int, key_dim: int, value_dim: int):
+        super().__init__()
+        self.key = nn.Conv2d(in_dim, key_dim, 3, 1, 1)
+        self.value = nn.Conv2d(in_dim, value_dim, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.key(x), self.value(x)
+
+
+class QueryEncoder(nn.Module):
+    def __init__(self, cfg: BackboneConfig, key_dim: int, value_dim: int):
+        super().__init__()
+        self.normalize = Normalize()
+        self.backbone = MultiLevelBackbone(cfg)
+        self.kv = KeyValue(cfg.feature_channels()[2], key_dim, value_dim)
+
+    def forward(self, frame: torch.Tensor) -> QueryFeatures:
+        """frame: (B, 3, H, W) pixels in [0, 255], uint8 or float, H/W multiples of the stride."""
+        f4, f8, f16 = self.backbone(self.normalize(frame))
+        key, value = self.kv(f16)
+        return QueryFeatures(key, value, f8, f4)
+
+
+class MemoryEncoder(nn.Module):
+    """Frame + object probability + "others" probability, fused before the stem's BN (STM)."""
+
+    def __init__(self, cfg: BackboneConfig, key_dim: int, value_dim: int):
+        super().__init__()
+        self.normalize = Normalize()
+        self.backbone = MultiLevelBackbone(cfg, extra_stem_inputs=2)
+        self.kv = KeyValue(cfg.feature_channels()[2], key_dim, value_dim)
+
+    def forward(
+        self, frame: torch.Tensor, probs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode B frames with K object slots each.
+
+        Args:
+            frame: (B, 3, H, W) pixels in [0, 255].
+            probs: (B, K, H, W) float in [0, 1], object probabilities (0 for empty slots).
+
+        Returns:
+            key (B*K, Ck, h, w) and value (B*K, Cv, h, w), objects of a frame contiguous.
+        """
+        b, k, h, w = probs.shape
+        x = self.normalize(frame)
+        # "others" = clamp(sum of the other objects' probabilities, 0, 1), as STM.
+        others = (probs.sum(dim=1, keepdim=True) - probs).clamp(0.0, 1.0)
+        x = x.unsqueeze(1).expand(b, k, 3, h, w).reshape(b * k, 3, h, w)
+        m = probs.reshape(b * k, 1, h, w)
+        o = others.reshape(b * k, 1, h, w)
+        _, _, f16 = self.backbone(x, [m, o])
+        return self.kv(f16)

@@ -1,0 +1,53 @@
+"""Parameter and multiply-accumulate (MAC) counts per stage, computed on the meta device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mlvos.model.registry import build_model
+from mlvos.runtime.spec import padded_size
+
+
+@dataclass(frozen=True)
+class StageCost:
+    variant: str
+    params_m: float
+    stride: int
+    height: int
+    width: int
+    query_gmac: float
+    memory_gmac: float  # per object
+    read_decode_gmac: float  # per object, full bank
+    capacity: int
+
+    def per_frame(self, objects: int) -> float:
+        """GMACs of one propagated frame: 1 query + O memory writes + O reads."""
+        return self.query_gmac + objects * (self.memory_gmac + self.read_decode_gmac)
+
+
+def _gmacs(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 2e9
+
+
+def stage_costs(variant: str, height: int = 480, width: int = 864, capacity: int = 6) -> StageCost:
+    """Count parameters and GMACs of each stage at (height, width) padded to the stride."""
+    with torch.device("meta"):
+        model = build_model(variant).eval()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    h, w = padded_size(height, width, model.stride)
+    ck, cv = model.config.key_dim, model.config.value_dim
+    with torch.device("meta"), torch.no_grad():
+        frame = torch.empty(1, 3, h, w)
+        q = model.encode_query(frame)
+        query = _gmacs(lambda: model.encode_query(frame))
+        memory = _gmacs(lambda: model.encode_memory(frame, torch.empty(1, h, w)))
+        bk = torch.empty(1, capacity, ck, h // 16, w // 16)
+        bv = torch.empty(1, capacity, cv, h // 16, w // 16)
+        valid = torch.ones(1, capacity)
+        read = _gmacs(lambda: model.read_decode(q, bk, bv, valid))
+    return StageCost(variant, params, model.stride, h, w, query, memory, read, capacity)

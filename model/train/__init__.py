@@ -1,0 +1,1 @@
+"""Training: the clip forward wrapper, data pipelines and the `mlvos train` loop."""

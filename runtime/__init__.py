@@ -1,0 +1,1 @@
+"""Torch-free propagation runtime. numpy is the only hard dependency; backends load lazily."""

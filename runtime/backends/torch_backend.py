@@ -1,0 +1,120 @@
+"""PyTorch backend: the same stage split run from a checkpoint (FP32 on CPU as the reference;
+FP16 + channels_last on CUDA where TensorRT is absent). torch is imported lazily."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from mlvos.errors import InputError, require
+
+
+class TorchRunner:
+    """Runner on PyTorch (same contract as runtime.backends.base.Runner).
+
+    Args:
+        checkpoint: mlvos checkpoint file.
+        device: "cpu" or "cuda[:N]".
+        precision: "fp32" or "fp16" (fp16 needs CUDA).
+        capacity: memory slots.
+        channels_last: use NHWC memory format for convolutions (faster on tensor cores).
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        capacity: int,
+        channels_last: bool | None = None,
+    ):
+        torch = require("torch", "train", "the torch backend")
+        from mlvos.model.checkpoint import load_model
+
+        if precision not in ("fp32", "fp16"):
+            raise InputError(f"the torch backend runs fp32 or fp16, got {precision!r}")
+        if precision == "fp16" and not device.startswith("cuda"):
+            raise InputError("fp16 on the torch backend needs --device cuda (CPU fp16 is emulated)")
+        self.torch = torch
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        model, _ = load_model(checkpoint, map_location=device)
+        self.model = model.to(self.dtype)
+        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.stride = model.stride
+        self.capacity = capacity
+        self.key_dim, self.value_dim = model.config.key_dim, model.config.value_dim
+        self.bank_key = self.bank_value = None
+        self.valid = torch.zeros(0, capacity, device=self.device)
+
+    def __enter__(self):
+        self.torch.set_grad_enabled(False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.torch.set_grad_enabled(True)
+
+    def open(self) -> None:
+        self.torch.set_grad_enabled(False)
+
+    def close(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+    def upload(self, array: np.ndarray) -> Any:
+        t = self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+        return t.to(self.dtype) if t.is_floating_point() else t
+
+    def download(self, value: Any) -> np.ndarray:
+        return (
+            value.detach().float().cpu().numpy()
+            if value.is_floating_point()
+            else value.cpu().numpy()
+        )
+
+    def _nhwc(self, x):
+        return x.contiguous(memory_format=self.torch.channels_last) if self.channels_last else x
+
+    def encode_query(self, frame):
+        return self.model.encode_query(self._nhwc(frame))
+
+    def encode_memory(self, frame, probs):
+        return self.model.encode_memory(self._nhwc(frame), probs.to(self.dtype))
+
+    def read_decode(self, query, objects: int):
+        logits = self.model.read_decode(
+            query, self.bank_key[:objects], self.bank_value[:objects], self.valid[:objects]
+        )
+        return self.model.aggregate_outputs(logits)
+
+    def allocate_bank(self, max_objects: int, height: int, width: int) -> None:
+        torch = self.torch
+        h, w = height // 16, width // 16
+        kw = dict(device=self.device, dtype=self.dtype)
+        key = torch.zeros(max_objects, self.capacity, self.key_dim, h, w, **kw)
+        value = torch.zeros(max_objects, self.capacity, self.value_dim, h, w, **kw)
+        if self.bank_key is not None and tuple(self.bank_key.shape[-2:]) == (h, w):
+            n = min(max_objects, self.bank_key.shape[0])
+            key[:n], value[:n] = self.bank_key[:n], self.bank_value[:n]
+        self.bank_key, self.bank_value = key, value
+
+    def write_slot(self, slot: int, key, value, objects: int) -> None:
+        self.bank_key[:objects, slot] = key
+        self.bank_value[:objects, slot] = value
+
+    def set_valid(self, valid: np.ndarray) -> None:
+        self.valid = self.torch.from_numpy(np.ascontiguousarray(valid, np.float32)).to(self.device)
+
+    def move_object(self, src: int, dst: int) -> None:
+        self.bank_key[dst] = self.bank_key[src]
+        self.bank_value[dst] = self.bank_value[src]

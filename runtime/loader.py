@@ -1,0 +1,56 @@
+"""open_runner: build a backend Runner for an export directory (or, for torch, a checkpoint)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mlvos.errors import InputError
+from mlvos.runtime.manifest import MANIFEST, Manifest
+from mlvos.runtime.spec import DEFAULT_CAPACITY
+
+BACKENDS = ("ort", "torch")
+
+
+def open_runner(
+    model: str | os.PathLike,
+    *,
+    backend: str = "ort",
+    precision: str = "fp32",
+    device: str = "cpu",
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    capacity: int | None = None,
+):
+    """Create a Runner.
+
+    Args:
+        model: export directory (with manifest.json); for backend "torch" also a checkpoint file.
+        backend: "ort" (onnxruntime) or "torch".
+        precision: graph precision ("fp32", "fp16", "int8" for ort when exported).
+        device: torch device for the torch backend.
+        providers: onnxruntime execution providers.
+        capacity: memory slots for the torch backend when given a bare checkpoint.
+    """
+    path = Path(model)
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "ort":
+        from mlvos.runtime.backends.onnxrt import OrtRunner
+
+        return OrtRunner(Manifest.load(path), precision, providers=providers, threads=threads)
+    from mlvos.runtime.backends.torch_backend import TorchRunner
+
+    if (path / MANIFEST).is_file():
+        manifest = Manifest.load(path)
+        ckpt = manifest.checkpoint_path
+        if ckpt is None or not ckpt.is_file():
+            raise InputError(f"{path} records no checkpoint file; pass the checkpoint itself")
+        return TorchRunner(
+            ckpt, device=device, precision=precision, capacity=capacity or manifest.capacity
+        )
+    if path.is_file():
+        return TorchRunner(
+            path, device=device, precision=precision, capacity=capacity or DEFAULT_CAPACITY
+        )
+    raise InputError(f"{path} is neither an export directory ({MANIFEST}) nor a checkpoint file")

@@ -1,0 +1,287 @@
+"""VideoPredictor: the frame loop over any backend Runner, with a bounded memory bank."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mlvos.errors import InputError
+from mlvos.runtime.backends.base import Runner
+from mlvos.runtime.imageops import internal_size, resize_bilinear, resize_nearest
+from mlvos.runtime.memory import ANNOTATED, PERIODIC, TEMP, MemoryPolicy
+from mlvos.runtime.spec import DEFAULT_MEM_EVERY, MAX_OBJECT_ID, MIN_SIDE, pad_array, padding_for
+
+STAGES = ("preprocess", "query_encoder", "read_decoder", "memory_encoder", "postprocess", "total")
+
+
+class _Clock:
+    """Per-stage wall time of one step (synchronizing the device between stages)."""
+
+    def __init__(self, runner: Runner, sink: dict[str, list[float]] | None):
+        self.runner, self.sink = runner, sink
+        if sink is not None:
+            self.start = self.last = time.perf_counter()
+            self.acc = dict.fromkeys(STAGES, 0.0)
+
+    def lap(self, stage: str) -> None:
+        if self.sink is not None:
+            self.runner.synchronize()
+            now = time.perf_counter()
+            self.acc[stage] += (now - self.last) * 1e3
+            self.last = now
+
+    def finish(self) -> None:
+        if self.sink is not None:
+            self.acc["total"] = (time.perf_counter() - self.start) * 1e3
+            for k, v in self.acc.items():
+                self.sink[k].append(v)
+
+
+class VideoPredictor:
+    """Propagate object masks through a video, one frame at a time.
+
+    Example:
+        with open_runner("export_dir", backend="ort") as runner:
+            predictor = VideoPredictor(runner)
+            predictor.add_mask(0, first_mask)          # (H, W) uint8 ids, 0 = background
+            for frame in frames:                        # (H, W, 3) uint8 RGB
+                labels = predictor.step(frame)          # (H, W) uint8 ids
+
+    Args:
+        runner: an opened backend Runner (see runtime.loader.open_runner).
+        mem_every: every `mem_every`-th frame is kept in memory (STM's schedule).
+        max_side: if set, frames whose longer side exceeds it are processed at a reduced internal
+            size and the label map is resized back (nearest) to the input size.
+        max_objects: upper bound on simultaneous objects (engine limit); default: 255 ids.
+        profile: record per-stage wall time in `timings` (milliseconds per frame). GPU backends
+            synchronize between stages then, which costs a little throughput.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        mem_every: int = DEFAULT_MEM_EVERY,
+        max_side: int | None = None,
+        max_objects: int | None = None,
+        profile: bool = False,
+    ):
+        if mem_every < 1:
+            raise InputError(f"mem_every must be >= 1, got {mem_every}")
+        if max_side is not None and max_side < MIN_SIDE:
+            raise InputError(f"max_side must be >= {MIN_SIDE}, got {max_side}")
+        self.runner = runner
+        self.mem_every = mem_every
+        self.max_side = max_side
+        self.max_objects = min(max_objects or MAX_OBJECT_ID, MAX_OBJECT_ID)
+        self.policy = MemoryPolicy(runner.capacity)
+        self.profile = profile
+        self.timings: dict[str, list[float]] = {s: [] for s in STAGES}
+        self.reset()
+
+    # ------------------------------------------------------------------------------ public API
+    @property
+    def object_ids(self) -> list[int]:
+        """Ids of the tracked objects, in bank order."""
+        return list(self.ids)
+
+    @property
+    def frame_index(self) -> int:
+        """Index of the next frame `step` will process."""
+        return self.t
+
+    def reset(self) -> None:
+        """Forget all objects, memory and pending masks (e.g. before a new video)."""
+        self.t = 0
+        self.ids: list[int] = []
+        self.pending: dict[int, tuple[np.ndarray, list[int]]] = {}
+        self.size: tuple[int, int] | None = None
+        self.inner: tuple[int, int] | None = None
+        self.pad = None
+        self.bank_objects = 0
+        self.valid = np.zeros((0, self.runner.capacity), np.float32)
+        self.policy.reset()
+
+    def add_mask(
+        self, frame_index: int, mask: np.ndarray, object_ids: list[int] | None = None
+    ) -> None:
+        """Give ground truth for objects at `frame_index` (the current or a future frame).
+
+        Args:
+            frame_index: frame the mask belongs to; must be >= frame_index of the next `step`.
+            mask: (H, W) uint8 label map, 0 = background, ids 1..255.
+            object_ids: ids of `mask` to use (default: all non-zero ids present). New ids join
+                the tracked objects; known ids are re-anchored to the mask.
+        """
+        if frame_index < self.t:
+            raise InputError(
+                f"add_mask for frame {frame_index}, but frames up to {self.t - 1} are already "
+                f"processed; masks can be added for frame {self.t} or later"
+            )
+        mask = np.asarray(mask)
+        if mask.ndim != 2 or mask.dtype != np.uint8:
+            raise InputError(
+                f"mask must be an (H, W) uint8 label map, got shape {mask.shape} "
+                f"dtype {mask.dtype}; "
+                "convert palette/grayscale PNGs with mlvos.data.palette.read_mask"
+            )
+        present = [int(i) for i in np.unique(mask) if i != 0]
+        ids = present if object_ids is None else [int(i) for i in object_ids]
+        missing = [i for i in ids if i not in present]
+        if missing:
+            raise InputError(
+                f"object ids {missing} are not present in the mask (present: {present})"
+            )
+        if not ids:
+            raise InputError("the mask holds no object (all pixels are 0)")
+        new = [i for i in ids if i not in self.ids]
+        if len(self.ids) + len(new) > self.max_objects:
+            raise InputError(
+                f"{len(self.ids) + len(new)} objects requested but this engine supports at most "
+                f"{self.max_objects}; rebuild the engine with a larger --max-objects or track fewer"
+            )
+        self.pending[frame_index] = (mask, ids)
+
+    def remove_object(self, object_id: int) -> None:
+        """Stop tracking `object_id`; its memory is dropped."""
+        if object_id not in self.ids:
+            raise InputError(f"object {object_id} is not tracked (tracked: {self.ids})")
+        s = self.ids.index(object_id)
+        last = len(self.ids) - 1
+        if s != last:
+            self.runner.move_object(last, s)
+            self.valid[s] = self.valid[last]
+            self.ids[s] = self.ids[last]
+        self.valid[last] = 0
+        self.ids.pop()
+        self.runner.set_valid(self.valid)
+        if not self.ids:
+            self.policy.reset()
+
+    def step(self, frame: np.ndarray) -> np.ndarray:
+        """Segment the next frame.
+
+        Args:
+            frame: (H, W, 3) uint8 RGB; every frame of a video has the same size.
+
+        Returns:
+            (H, W) uint8 label map with the tracked ids (0 = background).
+        """
+        clock = _Clock(self.runner, self.timings if self.profile else None)
+        frame = self._check_frame(frame)
+        t = self.t
+        runner = self.runner
+        x = self._prepare(frame)
+        frame_dev = runner.upload(x)
+        clock.lap("preprocess")
+        ids_before = len(self.ids)
+        probs = slots = None
+        if ids_before and self.valid[:ids_before].any():
+            query = runner.encode_query(frame_dev)
+            clock.lap("query_encoder")
+            probs, labels_dev = runner.read_decode(query, ids_before)
+            clock.lap("read_decoder")
+            slots = runner.download(labels_dev)
+        kind = TEMP if t % self.mem_every else PERIODIC
+        if t in self.pending:
+            mask, ids = self.pending.pop(t)
+            probs, slots = self._apply_mask(mask, ids, probs, slots)
+            kind = ANNOTATED
+        clock.lap("postprocess")
+        if self.ids:
+            key, value = runner.encode_memory(frame_dev, probs)
+            slot, invalid = self.policy.place(t, kind)
+            n = len(self.ids)
+            runner.write_slot(slot, key, value, n)
+            self.valid[:, invalid] = 0
+            self.valid[:n, slot] = 1
+            runner.set_valid(self.valid)
+            clock.lap("memory_encoder")
+        self.t += 1
+        out = self._to_ids(slots)
+        clock.lap("postprocess")
+        clock.finish()
+        return out
+
+    # ------------------------------------------------------------------------------ internals
+    def _check_frame(self, frame: np.ndarray) -> np.ndarray:
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise InputError(
+                f"frame must be (H, W, 3) uint8 RGB, got shape {frame.shape} dtype {frame.dtype}"
+            )
+        h, w = frame.shape[:2]
+        if self.size is None:
+            if min(h, w) < MIN_SIDE:
+                raise InputError(f"frame is {h}x{w}; both sides must be >= {MIN_SIDE}")
+            self.size = (h, w)
+            self.inner = internal_size(h, w, self.max_side)
+            self.pad = padding_for(*self.inner, self.runner.stride)
+            ph, pw = (
+                self.inner[0] + self.pad.top + self.pad.bottom,
+                self.inner[1] + self.pad.left + self.pad.right,
+            )
+            self.padded = (ph, pw)
+        elif (h, w) != self.size:
+            raise InputError(
+                f"frame {self.t} is {h}x{w} but this video's frames are "
+                f"{self.size[0]}x{self.size[1]}; "
+                "all frames of a video must have the same size (call reset() for a new video)"
+            )
+        return frame
+
+    def _prepare(self, frame: np.ndarray) -> np.ndarray:
+        if self.inner != self.size:
+            frame = resize_bilinear(frame, *self.inner)
+        x = np.ascontiguousarray(frame.transpose(2, 0, 1))
+        return pad_array(x, self.pad)[None]
+
+    def _mask_to_inner(self, mask: np.ndarray) -> np.ndarray:
+        if mask.shape != self.size:
+            raise InputError(
+                f"mask is {mask.shape[0]}x{mask.shape[1]} but the frame is "
+                f"{self.size[0]}x{self.size[1]}; masks must have the frame's size"
+            )
+        return resize_nearest(mask, *self.inner) if self.inner != self.size else mask
+
+    def _apply_mask(self, mask, ids, probs, slots):
+        """Merge ground truth for `ids` with the predictions for the other tracked objects."""
+        mask = pad_array(self._mask_to_inner(mask), self.pad)
+        old = len(self.ids)
+        for i in ids:
+            if i not in self.ids:
+                self.ids.append(i)
+        n = len(self.ids)
+        if n > self.bank_objects:
+            self.bank_objects = max(n, 2 * self.bank_objects)
+            self.runner.allocate_bank(self.bank_objects, *self.padded)
+            grown = np.zeros((self.bank_objects, self.runner.capacity), np.float32)
+            grown[: self.valid.shape[0]] = self.valid
+            self.valid = grown
+        host = np.zeros((n, *self.padded), np.float32)
+        if probs is not None:
+            host[:old] = self.runner.download(probs)[:old]
+        given = np.isin(mask, ids)
+        host[:, given] = 0.0
+        for i in ids:
+            host[self.ids.index(i)] = np.where(mask == i, 1.0, host[self.ids.index(i)])
+        # Slot map: ground truth where given, else the previous prediction (or background).
+        new_slots = np.zeros(self.padded, np.uint8) if slots is None else slots.copy()
+        new_slots[given] = 0
+        for i in ids:
+            new_slots[mask == i] = self.ids.index(i) + 1
+        return self.runner.upload(host), new_slots
+
+    def _to_ids(self, slots: np.ndarray | None) -> np.ndarray:
+        h, w = self.size
+        if slots is None:
+            return np.zeros((h, w), np.uint8)
+        lut = np.zeros(256, np.uint8)
+        lut[1 : len(self.ids) + 1] = self.ids
+        slots = slots[
+            self.pad.top : self.padded[0] - self.pad.bottom,
+            self.pad.left : self.padded[1] - self.pad.right,
+        ]
+        out = lut[slots]
+        return resize_nearest(out, h, w) if self.inner != self.size else out

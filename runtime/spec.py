@@ -1,0 +1,104 @@
+"""The single source of truth for tensor names, layouts and preprocessing constants.
+
+Read by the model (normalization, padding), export (graph I/O names), runtime and calib. numpy only.
+
+Conventions
+- Frames are RGB uint8 (H, W, 3) on the host; graphs take NCHW uint8 and normalize inside.
+- Frames are padded to a multiple of the network's total stride, centered, with zero-valued pixels
+  (black before normalization, as STM does), and outputs are cropped back with the same amounts.
+- Object probabilities are float32 in [0, 1], objects on the batch axis.
+- The memory bank is (objects, capacity, channels, h, w) so that the first O objects of a bank
+  preallocated for O_max objects are a contiguous prefix; `mem_valid` (objects, capacity) is 1.0
+  for filled slots and 0.0 for empty ones. Empty slots must hold finite values (zeros).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# ImageNet statistics in the 0..255 pixel scale, applied inside the query/memory encoders.
+PIXEL_MEAN: tuple[float, float, float] = (0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0)
+PIXEL_STD: tuple[float, float, float] = (0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0)
+
+# Soft aggregation clamps probabilities to [AGG_EPS, 1 - AGG_EPS] before the logit (STM).
+AGG_EPS: float = 1e-7
+# Additive softmax bias for empty memory slots: exp(-1e4) is exactly 0 in float16 and float32.
+INVALID_SLOT_BIAS: float = -1e4
+# Smallest frame side accepted (the stride-32 feature map must be at least 1x1 with margins).
+MIN_SIDE: int = 32
+# Default number of memory slots (annotated frame + every N-th frames + the previous frame).
+DEFAULT_CAPACITY: int = 6
+# Default period of permanent memory frames (STM's mem_every).
+DEFAULT_MEM_EVERY: int = 5
+# Label maps are uint8, 0 = background, so at most 255 objects.
+MAX_OBJECT_ID: int = 255
+
+
+# Graph and tensor names. Export writes them into the ONNX files and the manifest; every consumer
+# reads the manifest, and these constants are what the manifest is checked against.
+class Graph:
+    QUERY_ENCODER = "query_encoder"
+    MEMORY_ENCODER = "memory_encoder"
+    READ_DECODER = "read_decoder"
+    ALL = (QUERY_ENCODER, MEMORY_ENCODER, READ_DECODER)
+
+
+class Tensor:
+    # query_encoder
+    FRAME = "frame"  # (1, 3, H, W) uint8
+    QUERY_KEY = "query_key"  # (1, Ck, H/16, W/16) float
+    QUERY_VALUE = "query_value"  # (1, Cv, H/16, W/16) float
+    SKIP8 = "skip8"  # (1, C8, H/8, W/8) float
+    SKIP4 = "skip4"  # (1, C4, H/4, W/4) float
+    # memory_encoder (FRAME as above)
+    PROBS = "probs"  # (O, H, W) float in [0, 1]
+    MEM_KEY = "mem_key"  # (O, Ck, H/16, W/16)
+    MEM_VALUE = "mem_value"  # (O, Cv, H/16, W/16)
+    # read_decoder (QUERY_*, SKIP* as above)
+    BANK_KEY = "bank_key"  # (O, T, Ck, H/16, W/16)
+    BANK_VALUE = "bank_value"  # (O, T, Cv, H/16, W/16)
+    BANK_VALID = "bank_valid"  # (O, T) float, 1 = filled slot
+    LOGITS = "logits"  # (O, H, W) per-object foreground logits (before aggregation)
+    OBJ_PROBS = "obj_probs"  # (O, H, W) float32 soft-aggregated object probabilities
+    LABELS = "labels"  # (H, W) uint8 argmax slot: 0 = background, k = k-th object
+
+
+@dataclass(frozen=True)
+class Padding:
+    """Centered padding of a frame to a multiple of the stride: (top, bottom, left, right)."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    @property
+    def as_torch(self) -> tuple[int, int, int, int]:
+        """Order expected by torch.nn.functional.pad on (..., H, W): (left, right, top, bottom)."""
+        return (self.left, self.right, self.top, self.bottom)
+
+
+def padded_size(height: int, width: int, stride: int) -> tuple[int, int]:
+    """Smallest (H, W) >= (height, width) that are multiples of `stride`."""
+    return (-(-height // stride) * stride, -(-width // stride) * stride)
+
+
+def padding_for(height: int, width: int, stride: int) -> Padding:
+    """STM's centered padding: floor(diff/2) before, the rest after."""
+    ph, pw = padded_size(height, width, stride)
+    dh, dw = ph - height, pw - width
+    return Padding(dh // 2, dh - dh // 2, dw // 2, dw - dw // 2)
+
+
+def pad_array(x: np.ndarray, pad: Padding, *, value: float = 0) -> np.ndarray:
+    """Pad the last two axes of `x` (..., H, W) with a constant."""
+    widths = [(0, 0)] * (x.ndim - 2) + [(pad.top, pad.bottom), (pad.left, pad.right)]
+    return np.pad(x, widths, mode="constant", constant_values=value)
+
+
+def unpad_array(x: np.ndarray, pad: Padding) -> np.ndarray:
+    """Crop the last two axes of `x` back to the unpadded size (a view, no copy)."""
+    h, w = x.shape[-2:]
+    return x[..., pad.top : h - pad.bottom, pad.left : w - pad.right]

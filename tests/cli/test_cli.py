@@ -1,0 +1,44 @@
+import pytest
+
+from mlvos.cli import main
+from mlvos.model.checkpoint import load_model
+
+
+def test_model_info_prints_table(capsys):
+    assert main(["model", "info", "--variant", "tiny", "stm-r50"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny" in out and "stm-r50" in out and "params (M)" in out
+
+
+def test_model_info_unknown_variant(capsys):
+    assert main(["model", "info", "--variant", "nope"]) == 1
+    assert "unknown variant 'nope'" in capsys.readouterr().err
+
+
+def test_model_init_writes_seeded_checkpoint(tmp_path, capsys):
+    out = tmp_path / "c.pt"
+    assert main(["model", "init", "--variant", "tiny", "--out", str(out), "--seed", "5"]) == 0
+    model, state = load_model(out)
+    assert state["variant"] == "tiny" and state["extra"]["seed"] == 5
+    # Refuses to overwrite without --force.
+    assert main(["model", "init", "--variant", "tiny", "--out", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["model", "init", "--variant", "tiny", "--out", str(out), "--force"]) == 0
+
+
+def test_env_runs(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    for key in ("python", "numpy", "torch", "onnxruntime", "tensorrt", "gpu"):
+        assert key in out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+
+
+@pytest.mark.parametrize("argv", [["--version"]])
+def test_version(argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0

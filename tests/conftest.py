@@ -1,0 +1,16 @@
+import os
+
+import pytest
+
+# Keep CPU tests deterministic and polite on a 2-core machine.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _seed():
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(0)
+    torch.set_num_threads(2)

@@ -1,0 +1,23 @@
+import numpy as np
+import pytest
+
+from mlvos.runtime import spec
+
+
+@pytest.mark.parametrize(
+    "h, w, stride", [(241, 427, 32), (480, 854, 32), (480, 854, 16), (64, 64, 32)]
+)
+def test_padding_round_trip(h, w, stride):
+    pad = spec.padding_for(h, w, stride)
+    x = np.arange(h * w, dtype=np.float32).reshape(1, h, w)
+    y = spec.pad_array(x, pad)
+    assert y.shape[-2] % stride == 0 and y.shape[-1] % stride == 0
+    assert y.shape[-2:] == spec.padded_size(h, w, stride)
+    # Centered: the extra row/column goes after (STM's floor(diff / 2) before).
+    assert pad.top <= pad.bottom <= pad.top + 1 and pad.left <= pad.right <= pad.left + 1
+    assert np.array_equal(spec.unpad_array(y, pad), x)
+
+
+def test_torch_order():
+    pad = spec.Padding(1, 2, 3, 4)
+    assert pad.as_torch == (3, 4, 1, 2)
