@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.mlvos-installed
 EXTRAS := train,export,ort,dev
 
 CKPT ?= .cache/demo/tiny.pt
+EXPORT_DIR ?= .cache/export
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test test-fast info lint clean
@@ -32,6 +33,11 @@ test: $(STAMP) ## run the test suite (CPU; gpu-marked tests skip without a GPU)
 
 info: $(STAMP) ## parameters and GMACs of every variant at 480x864
 	$(BIN)/mlvos model info
+
+# `export/` is also a source folder: without .PHONY make would call the target up to date.
+.PHONY: export
+export: $(STAMP) ## export a checkpoint to ONNX (CKPT=...)
+	$(BIN)/mlvos export --checkpoint $(CKPT) --out $(EXPORT_DIR) --force
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .

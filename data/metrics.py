@@ -200,3 +200,20 @@ def db_statistics(per_frame_values) -> tuple[float, float, float]:
         warnings.simplefilter("ignore", category=RuntimeWarning)
         decay = np.nanmean(bins[0]) - np.nanmean(bins[3])
     return mean, recall, decay
+
+
+def label_map_iou(reference: np.ndarray, other: np.ndarray) -> float:
+    """Mean over objects of the per-object IoU between two (H, W) label maps.
+
+    Objects are the non-zero ids present in either map; two maps without any object agree
+    perfectly (1.0). Used to compare propagations (exported vs PyTorch, fp16 vs fp32).
+    """
+    ids = np.union1d(np.unique(reference), np.unique(other))
+    ids = ids[ids != 0]
+    if ids.size == 0:
+        return 1.0
+    scores = []
+    for i in ids:
+        a, b = reference == i, other == i
+        scores.append(np.logical_and(a, b).sum() / np.logical_or(a, b).sum())
+    return float(np.mean(scores))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from mlvos import __version__
@@ -22,7 +23,9 @@ COMMANDS: dict[str, str] = {
     "data": "mlvos.data.cli",
     "eval": "mlvos.data.eval_cli",
     "infer": "mlvos.model.infer_cli",
+    "export": "mlvos.export.cli",
     "run": "mlvos.runtime.cli",
+    "engine": "mlvos.runtime.engine_cli",
 }
 
 
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads that spin-wait make small torch convolutions 50-100x slower on a busy
+    # 2-core machine; passive waiting costs little elsewhere. Must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -22,7 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder for the PNG masks")
     p.add_argument("--backend", choices=BACKENDS, default="ort")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (as exported)")
-    p.add_argument("--device", default="cpu", help="torch device for --backend torch")
+    p.add_argument("--device", default="cpu", help="torch device (torch) or cuda:N (trt)")
+    p.add_argument("--engine-dir", default=None, help="TensorRT engine cache (trt)")
+    p.add_argument(
+        "--no-build", action="store_true", help="refuse to build missing/stale engines (trt)"
+    )
+    p.add_argument(
+        "--cuda-graph", action="store_true", help="capture read+decode in a CUDA graph (trt)"
+    )
     p.add_argument("--max-side", type=int, default=None, help="internal max frame side (e.g. 1080)")
     p.add_argument("--mem-every", type=int, default=None, help="keep every N-th frame in memory")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (ort)")
@@ -60,6 +67,9 @@ def main(args: argparse.Namespace) -> int:
             precision=args.precision,
             device=args.device,
             threads=args.threads,
+            engine_dir=args.engine_dir,
+            allow_build=not args.no_build,
+            cuda_graph=args.cuda_graph,
         ) as runner:
             pred = VideoPredictor(
                 runner,

@@ -9,7 +9,7 @@ from mlvos.errors import InputError
 from mlvos.runtime.manifest import MANIFEST, Manifest
 from mlvos.runtime.spec import DEFAULT_CAPACITY
 
-BACKENDS = ("ort", "torch")
+BACKENDS = ("ort", "trt", "torch")
 
 
 def open_runner(
@@ -21,16 +21,22 @@ def open_runner(
     providers: list[str] | None = None,
     threads: int | None = None,
     capacity: int | None = None,
+    engine_dir: str | os.PathLike | None = None,
+    allow_build: bool = True,
+    cuda_graph: bool = False,
 ):
     """Create a Runner.
 
     Args:
         model: export directory (with manifest.json); for backend "torch" also a checkpoint file.
-        backend: "ort" (onnxruntime) or "torch".
+        backend: "ort" (onnxruntime), "trt" (TensorRT engines, built/cached on first use) or
+            "torch".
         precision: graph precision ("fp32", "fp16", "int8" for ort when exported).
         device: torch device for the torch backend.
         providers: onnxruntime execution providers.
         capacity: memory slots for the torch backend when given a bare checkpoint.
+        engine_dir / allow_build / cuda_graph: trt only (see runtime.backends.trt.TrtRunner);
+            the CUDA device index is taken from `device` ("cuda:1" -> 1, else 0).
     """
     path = Path(model)
     if backend not in BACKENDS:
@@ -39,6 +45,18 @@ def open_runner(
         from mlvos.runtime.backends.onnxrt import OrtRunner
 
         return OrtRunner(Manifest.load(path), precision, providers=providers, threads=threads)
+    if backend == "trt":
+        from mlvos.runtime.backends.trt import TrtRunner
+
+        index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+        return TrtRunner(
+            Manifest.load(path),
+            precision,
+            engine_dir=engine_dir,
+            allow_build=allow_build,
+            cuda_graph=cuda_graph,
+            device=index,
+        )
     from mlvos.runtime.backends.torch_backend import TorchRunner
 
     if (path / MANIFEST).is_file():

@@ -74,7 +74,8 @@ class VideoPredictor:
         self.runner = runner
         self.mem_every = mem_every
         self.max_side = max_side
-        self.max_objects = min(max_objects or MAX_OBJECT_ID, MAX_OBJECT_ID)
+        limit = min(getattr(runner, "max_objects", MAX_OBJECT_ID), MAX_OBJECT_ID)
+        self.max_objects = min(max_objects or limit, limit)
         self.policy = MemoryPolicy(runner.capacity)
         self.profile = profile
         self.timings: dict[str, list[float]] = {s: [] for s in STAGES}

@@ -17,7 +17,7 @@ class TorchRunner:
     Args:
         checkpoint: mlvos checkpoint file.
         device: "cpu" or "cuda[:N]".
-        precision: "fp32" or "fp16" (fp16 needs CUDA).
+        precision: "fp32", "fp16" (needs CUDA) or "bf16" (CPU or CUDA).
         capacity: memory slots.
         channels_last: use NHWC memory format for convolutions (faster on tensor cores).
     """
@@ -36,13 +36,15 @@ class TorchRunner:
         torch = require("torch", "train", "the torch backend")
         from mlvos.model.checkpoint import load_model
 
-        if precision not in ("fp32", "fp16"):
-            raise InputError(f"the torch backend runs fp32 or fp16, got {precision!r}")
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise InputError(f"the torch backend runs fp32, fp16 or bf16, got {precision!r}")
         if precision == "fp16" and not device.startswith("cuda"):
             raise InputError("fp16 on the torch backend needs --device cuda (CPU fp16 is emulated)")
         self.torch = torch
         self.device = torch.device(device)
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+            precision
+        ]
         model, _ = load_model(checkpoint, map_location=device)
         self.model = model.to(self.dtype)
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last

@@ -1,0 +1,106 @@
+"""Graph I/O contracts: names (runtime.spec.Tensor), dtypes per precision, symbolic shapes.
+
+Symbolic dims are strings: "O" (objects), "H", "W" (padded frame size, multiples of the stride)
+and "H/4", "W/8", ... for feature maps; fixed dims are ints. With a static export size, "H" and
+"W" (and their fractions) become ints; "O" always stays dynamic and T (capacity) always static.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlvos.runtime.spec import Graph
+from mlvos.runtime.spec import Tensor as T
+
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "uint8", "float32", "float16"
+    shape: tuple[Dim, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+# Graph I/O that an fp16 export carries as float16. Everything else keeps its fp32-export dtype:
+# frame uint8; probs, bank_valid, logits, obj_probs float32 (probabilities and the validity mask
+# feed FP32 math; logits/obj_probs come out of the FP32 soft aggregation); labels uint8. Query
+# features and the memory bank are float16, which halves the bank's memory and bandwidth.
+FP16_TENSORS: frozenset[str] = frozenset(
+    {T.QUERY_KEY, T.QUERY_VALUE, T.SKIP8, T.SKIP4, T.MEM_KEY, T.MEM_VALUE, T.BANK_KEY, T.BANK_VALUE}
+)
+
+
+def _frac(dim: Dim, div: int) -> Dim:
+    return dim // div if isinstance(dim, int) else f"{dim}/{div}"
+
+
+def graph_io(
+    graph: str,
+    precision: str,
+    *,
+    key_dim: int,
+    value_dim: int,
+    skip8_dim: int,
+    skip4_dim: int,
+    capacity: int,
+    size: tuple[int, int] | None,
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) of `graph` at `precision` ("fp32"/"fp16").
+
+    Args:
+        size: static padded (H, W), or None for dynamic H and W.
+    """
+    h, w = size if size is not None else ("H", "W")
+    o = "O"
+    f16 = (_frac(h, 16), _frac(w, 16))
+
+    def spec(name: str, dtype: str, *shape: Dim) -> TensorSpec:
+        if precision == "fp16" and name in FP16_TENSORS:
+            dtype = "float16"
+        return TensorSpec(name, dtype, tuple(shape))
+
+    frame = spec(T.FRAME, "uint8", 1, 3, h, w)
+    query = [
+        spec(T.QUERY_KEY, "float32", 1, key_dim, *f16),
+        spec(T.QUERY_VALUE, "float32", 1, value_dim, *f16),
+        spec(T.SKIP8, "float32", 1, skip8_dim, _frac(h, 8), _frac(w, 8)),
+        spec(T.SKIP4, "float32", 1, skip4_dim, _frac(h, 4), _frac(w, 4)),
+    ]
+    if graph == Graph.QUERY_ENCODER:
+        return [frame], query
+    if graph == Graph.MEMORY_ENCODER:
+        return [frame, spec(T.PROBS, "float32", o, h, w)], [
+            spec(T.MEM_KEY, "float32", o, key_dim, *f16),
+            spec(T.MEM_VALUE, "float32", o, value_dim, *f16),
+        ]
+    if graph == Graph.READ_DECODER:
+        bank = [
+            spec(T.BANK_KEY, "float32", o, capacity, key_dim, *f16),
+            spec(T.BANK_VALUE, "float32", o, capacity, value_dim, *f16),
+            spec(T.BANK_VALID, "float32", o, capacity),
+        ]
+        return query + bank, [
+            spec(T.LOGITS, "float32", o, h, w),
+            spec(T.OBJ_PROBS, "float32", o, h, w),
+            spec(T.LABELS, "uint8", h, w),
+        ]
+    raise KeyError(f"unknown graph {graph!r}; known: {Graph.ALL}")
+
+
+def concrete_shape(shape: tuple[Dim, ...], *, objects: int, height: int, width: int) -> tuple:
+    """Resolve the symbolic dims of `shape` for a given object count and padded frame size."""
+    env = {"O": objects, "H": height, "W": width}
+    out = []
+    for d in shape:
+        if isinstance(d, int):
+            out.append(d)
+        elif "/" in d:
+            base, div = d.split("/")
+            out.append(env[base] // int(div))
+        else:
+            out.append(env[d])
+    return tuple(out)

@@ -1,0 +1,29 @@
+"""Export constants that the CLI needs at import time (pure Python: no torch, no onnx)."""
+
+from __future__ import annotations
+
+# Graph precisions an export can hold. fp16 = strongly typed mixed precision (see fp16.py).
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+DEFAULT_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+# TensorRT 10.3 (JetPack 6.1/6.2) parses opsets 9..20; 17 is what the TorchScript exporter and
+# AutoCast both handle natively.
+DEFAULT_OPSET: int = 17
+MIN_OPSET: int = 13
+MAX_OPSET: int = 20
+# Memory read, keys and values live at stride 16 whatever the backbone's total stride.
+FEATURE_STRIDE: int = 16
+# The annotated frame plus the previous frame.
+MIN_CAPACITY: int = 2
+
+MANIFEST_FORMAT = "mlvos-export"
+MANIFEST_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+VALIDATION_FORMAT = "mlvos-export-validation"
+VALIDATION_VERSION = 1
+VALIDATION_FILE = "validation.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def graph_file(graph: str, precision: str) -> str:
+    """File name of one exported graph inside the export directory."""
+    return f"{graph}.{precision}.onnx"

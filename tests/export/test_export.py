@@ -1,0 +1,342 @@
+"""Export of the tiny variant: I/O contract, dynamic axes, masking, FP16, determinism, --check.
+
+One export (dynamic H/W, capacity 4, fp32 + fp16, validated) is shared by the whole module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from mlvos.export import check_export, export_checkpoint
+from mlvos.export import cli as export_cli
+from mlvos.export.errors import ValidationFailedError
+from mlvos.export.onnx_utils import find_attention, io_specs, sha256_file
+from mlvos.export.options import MANIFEST_FILE, VALIDATION_FILE
+from mlvos.export.representative import record_propagation
+from mlvos.export.wrappers import build_wrapper
+from mlvos.model.checkpoint import load_model, save_checkpoint
+from mlvos.model.registry import build_model
+from mlvos.runtime.spec import Graph
+from mlvos.runtime.spec import Tensor as T
+
+CAPACITY = 4
+SIZE = (64, 96)  # representative (real-data) size; random validation runs at 96x128
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Small CPU convolutions are much faster on one OpenMP thread on a 2-vCPU machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, one_thread) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, build_model("tiny", seed=0))
+    return path
+
+
+def _export(checkpoint: Path, out: Path, **kw) -> Path:
+    return export_checkpoint(
+        checkpoint,
+        out,
+        capacity=CAPACITY,
+        representative_size=SIZE,
+        representative_frames=3,
+        log=None,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, checkpoint) -> Path:
+    return _export(checkpoint, tmp_path_factory.mktemp("export") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def manifest(export_dir) -> dict:
+    return json.loads((export_dir / MANIFEST_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_model(checkpoint)[0]
+
+
+def _session(export_dir: Path, graph: str, precision: str) -> ort.InferenceSession:
+    path = export_dir / f"{graph}.{precision}.onnx"
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _torch(model, graph: str, feed: dict) -> dict:
+    wrapper = build_wrapper(graph, model)
+    with torch.no_grad():
+        outs = wrapper(*(torch.from_numpy(feed[n]) for n in wrapper.input_names))
+    return {n: o.numpy() for n, o in zip(wrapper.output_names, outs, strict=True)}
+
+
+def _random_feed(model, graph: str, objects: int, height: int, width: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    cfg = model.config
+    c4, c8, _ = cfg.query_backbone.feature_channels()
+    h, w = height // 16, width // 16
+    frame = rng.integers(0, 256, (1, 3, height, width), dtype=np.uint8)
+    if graph == Graph.QUERY_ENCODER:
+        return {T.FRAME: frame}
+    if graph == Graph.MEMORY_ENCODER:
+        return {T.FRAME: frame, T.PROBS: rng.random((objects, height, width), dtype=np.float32)}
+    valid = np.ones((objects, CAPACITY), np.float32)
+
+    def normal(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    return {
+        T.QUERY_KEY: normal(1, cfg.key_dim, h, w),
+        T.QUERY_VALUE: normal(1, cfg.value_dim, h, w),
+        T.SKIP8: normal(1, c8, 2 * h, 2 * w),
+        T.SKIP4: normal(1, c4, 4 * h, 4 * w),
+        T.BANK_KEY: normal(objects, CAPACITY, cfg.key_dim, h, w),
+        T.BANK_VALUE: normal(objects, CAPACITY, cfg.value_dim, h, w),
+        T.BANK_VALID: valid,
+    }
+
+
+# ------------------------------------------------------------------------------ I/O contract
+EXPECTED_NAMES = {
+    Graph.QUERY_ENCODER: (
+        [T.FRAME],
+        [T.QUERY_KEY, T.QUERY_VALUE, T.SKIP8, T.SKIP4],
+    ),
+    Graph.MEMORY_ENCODER: ([T.FRAME, T.PROBS], [T.MEM_KEY, T.MEM_VALUE]),
+    Graph.READ_DECODER: (
+        [T.QUERY_KEY, T.QUERY_VALUE, T.SKIP8, T.SKIP4, T.BANK_KEY, T.BANK_VALUE, T.BANK_VALID],
+        [T.LOGITS, T.OBJ_PROBS, T.LABELS],
+    ),
+}
+
+
+def test_manifest_header(manifest, checkpoint):
+    assert manifest["format"] == "mlvos-export" and manifest["format_version"] == 1
+    assert manifest["opset"] == 17 and manifest["stride"] == 32 and manifest["feature_stride"] == 16
+    assert manifest["capacity"] == CAPACITY and manifest["static_size"] is None
+    assert manifest["padding"] == {"mode": "center", "value": 0, "multiple": 32}
+    assert manifest["normalization"]["inside_graph"] is True
+    assert manifest["key_dim"] == 32 and manifest["value_dim"] == 64
+    ck = manifest["checkpoint"]
+    assert ck["file"] == "checkpoint.pt" and ck["variant"] == "tiny"
+    assert ck["source"] == str(checkpoint.resolve()) and ck["sha256"] == sha256_file(checkpoint)
+    assert manifest["precisions"] == ["fp32", "fp16"]
+    assert set(manifest["graphs"]) == set(Graph.ALL)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("graph", Graph.ALL)
+def test_graph_io_matches_manifest(export_dir, manifest, graph, precision):
+    entry = manifest["graphs"][graph][precision]
+    model = onnx.load(str(export_dir / entry["file"]))
+    inputs, outputs = io_specs(model)
+    assert [s.to_dict() for s in inputs] == entry["inputs"]
+    assert [s.to_dict() for s in outputs] == entry["outputs"]
+    names_in, names_out = EXPECTED_NAMES[graph]
+    assert [s.name for s in inputs] == names_in and [s.name for s in outputs] == names_out
+    shapes = {s.name: s.shape for s in [*inputs, *outputs]}
+    dtypes = {s.name: s.dtype for s in [*inputs, *outputs]}
+    half = "float16" if precision == "fp16" else "float32"
+    if graph == Graph.QUERY_ENCODER:
+        assert shapes[T.FRAME] == (1, 3, "H", "W") and dtypes[T.FRAME] == "uint8"
+        assert shapes[T.QUERY_KEY] == (1, 32, "H/16", "W/16")
+        assert shapes[T.SKIP8] == (1, 32, "H/8", "W/8")
+        assert shapes[T.SKIP4] == (1, 32, "H/4", "W/4")
+        assert dtypes[T.QUERY_VALUE] == half
+    elif graph == Graph.MEMORY_ENCODER:
+        assert shapes[T.PROBS] == ("O", "H", "W") and dtypes[T.PROBS] == "float32"
+        assert shapes[T.MEM_VALUE] == ("O", 64, "H/16", "W/16") and dtypes[T.MEM_KEY] == half
+    else:
+        assert shapes[T.BANK_KEY] == ("O", CAPACITY, 32, "H/16", "W/16")
+        assert shapes[T.BANK_VALID] == ("O", CAPACITY) and dtypes[T.BANK_VALID] == "float32"
+        assert dtypes[T.BANK_VALUE] == half
+        assert shapes[T.LOGITS] == ("O", "H", "W") and dtypes[T.OBJ_PROBS] == "float32"
+        assert shapes[T.LABELS] == ("H", "W") and dtypes[T.LABELS] == "uint8"
+        # TensorRT's fusable attention survives export and FP16 conversion.
+        assert find_attention(model) is not None
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_sha256_in_manifest_matches_files(export_dir, manifest):
+    for per_precision in manifest["graphs"].values():
+        for entry in per_precision.values():
+            assert sha256_file(export_dir / entry["file"]) == entry["sha256"]
+    assert sha256_file(export_dir / "checkpoint.pt") == manifest["checkpoint"]["sha256"]
+
+
+def test_validation_report(export_dir):
+    report = json.loads((export_dir / VALIDATION_FILE).read_text())
+    assert report["passed"] and report["failures"] == [] and report["files_ok"]
+    for graph in Graph.ALL:
+        for precision in ("fp32", "fp16"):
+            for kind in ("real", "random"):
+                section = report["graphs"][graph][precision][kind]
+                assert section["passed"] and section["cases"] >= 1
+
+
+def test_fp16_keeps_soft_aggregation_in_fp32(manifest):
+    entry = manifest["graphs"][Graph.READ_DECODER]["fp16"]
+    fp32_ops = {n["op"] for n in entry["fp32_nodes"] if n["name"].startswith("/aggregate/")}
+    assert {"Clip", "Log", "Sigmoid", "ReduceProd", "Softmax"} <= fp32_ops
+    assert all(n["reason"] for n in entry["fp32_nodes"])
+    kept = {n["op"] for n in entry["fp16_kept"]}
+    assert kept == {"Add", "Softmax"} and entry["attention_fusable"] is True
+
+
+# --------------------------------------------------------------------------- dynamic axes
+@pytest.mark.parametrize("graph", Graph.ALL)
+def test_one_file_serves_object_counts_and_resolutions(export_dir, model, graph):
+    session = _session(export_dir, graph, "fp32")
+    for objects, (height, width) in [(1, (64, 96)), (3, (96, 160))]:
+        feed = _random_feed(model, graph, objects, height, width)
+        ref = _torch(model, graph, feed)
+        got = dict(zip(ref, session.run(list(ref), feed), strict=True))
+        for name, r in ref.items():
+            assert got[name].shape == r.shape, (graph, name, objects, height, width)
+            if r.dtype == np.uint8:
+                assert np.mean(got[name] != r) < 1e-3
+            else:
+                np.testing.assert_allclose(got[name], r, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_empty_slots_are_ignored(export_dir, model, precision):
+    # Bank of capacity 4 with 2 valid frames and 2 zero slots == torch read over the 2 frames.
+    feed = _random_feed(model, Graph.READ_DECODER, 2, 64, 96, seed=3)
+    n_valid = 2
+    feed[T.BANK_KEY][:, n_valid:] = 0.0
+    feed[T.BANK_VALUE][:, n_valid:] = 0.0
+    feed[T.BANK_VALID][:, n_valid:] = 0.0
+    small = dict(feed)
+    for name in (T.BANK_KEY, T.BANK_VALUE, T.BANK_VALID):
+        small[name] = np.ascontiguousarray(feed[name][:, :n_valid])
+    ref = _torch(model, Graph.READ_DECODER, small)
+    session = _session(export_dir, Graph.READ_DECODER, precision)
+    dtypes = {i.name: i.type for i in session.get_inputs()}
+    cast = {
+        k: v.astype(np.float16) if dtypes[k] == "tensor(float16)" else v for k, v in feed.items()
+    }
+    logits = session.run([T.LOGITS], cast)[0]
+    atol = 1e-5 if precision == "fp32" else 5e-3
+    np.testing.assert_allclose(logits, ref[T.LOGITS], atol=atol, rtol=1e-3)
+
+
+def test_fp16_close_to_fp32_on_real_data(export_dir, model):
+    real = record_propagation(model, height=64, width=96, capacity=CAPACITY, frames=4, seed=5)
+    for graph in Graph.ALL:
+        s32, s16 = _session(export_dir, graph, "fp32"), _session(export_dir, graph, "fp16")
+        types16 = {i.name: i.type for i in s16.get_inputs()}
+        for feed in real.feeds(graph):
+            names = [o.name for o in s32.get_outputs()]
+            out32 = s32.run(names, feed)
+            feed16 = {
+                k: v.astype(np.float16) if types16[k] == "tensor(float16)" else v
+                for k, v in feed.items()
+            }
+            out16 = s16.run(names, feed16)
+            for name, a, b in zip(names, out32, out16, strict=True):
+                if a.dtype == np.uint8:
+                    assert np.mean(a != b) < 1e-2, (graph, name)
+                else:
+                    err = np.abs(a - b.astype(np.float32)).max()
+                    assert err <= 2e-3 + 3e-2 * np.abs(a).max(), (graph, name, err)
+
+
+def test_export_leaves_model_untouched(model):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    from mlvos.export.io_spec import graph_io
+    from mlvos.export.onnx_export import torch_to_onnx
+
+    inputs, outputs = graph_io(
+        Graph.QUERY_ENCODER,
+        "fp32",
+        key_dim=32,
+        value_dim=64,
+        skip8_dim=32,
+        skip4_dim=32,
+        capacity=CAPACITY,
+        size=None,
+    )
+    frame = torch.zeros(1, 3, 64, 96, dtype=torch.uint8)
+    torch_to_onnx(
+        build_wrapper(Graph.QUERY_ENCODER, model),
+        (frame,),
+        inputs=inputs,
+        outputs=outputs,
+        opset=17,
+    )
+    assert not model.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ------------------------------------------------------------------- determinism, --check
+def test_reexport_is_byte_identical(export_dir, checkpoint, tmp_path):
+    again = _export(checkpoint, tmp_path / "again")
+    names = sorted(p.name for p in export_dir.iterdir())
+    assert names == sorted(p.name for p in again.iterdir())
+    for name in names:
+        assert (export_dir / name).read_bytes() == (again / name).read_bytes(), name
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mlvos")
+    export_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["export", *argv])
+    return args.func(args)
+
+
+def test_check_revalidates(export_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(export_dir, copy)
+    (copy / VALIDATION_FILE).unlink()
+    assert _cli(["--check", str(copy)]) == 0
+    assert json.loads((copy / VALIDATION_FILE).read_text())["passed"]
+    # A modified graph file is caught by its sha256 (and named).
+    path = copy / "read_decoder.fp16.onnx"
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ValidationFailedError, match="read_decoder.fp16.onnx: sha256"):
+        check_export(copy, log=None)
+    assert not json.loads((copy / VALIDATION_FILE).read_text())["files_ok"]
+
+
+def test_cli_static_size(checkpoint, tmp_path, capsys):
+    out = tmp_path / "static"
+    argv = ["--checkpoint", str(checkpoint), "--out", str(out), "--height", "64", "--width", "96"]
+    assert _cli([*argv, "--capacity", "2", "--precision", "fp32", "--no-validate"]) == 0
+    assert "export complete" in capsys.readouterr().out
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["static_size"] == [64, 96] and manifest["precisions"] == ["fp32"]
+    entry = manifest["graphs"][Graph.READ_DECODER]["fp32"]
+    shapes = {t["name"]: t["shape"] for t in [*entry["inputs"], *entry["outputs"]]}
+    assert shapes[T.BANK_KEY] == ["O", 2, 32, 4, 6] and shapes[T.LABELS] == [64, 96]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["checkpoint.pt", "manifest.json"] + [f"{g}.fp32.onnx" for g in Graph.ALL]
+    )
+
+
+def test_fp16_only_export(checkpoint, tmp_path):
+    out = _export(checkpoint, tmp_path / "fp16", precisions=["fp16"])
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["precisions"] == ["fp16"]
+    assert all(set(entry) == {"fp16"} for entry in manifest["graphs"].values())
+    assert not list(out.glob("*.fp32.onnx"))
+    report = json.loads((out / VALIDATION_FILE).read_text())
+    assert report["passed"] and set(report["graphs"][Graph.QUERY_ENCODER]) == {"fp16"}
