@@ -39,6 +39,23 @@ info: $(STAMP) ## parameters and GMACs of every variant at 480x864
 export: $(STAMP) ## export a checkpoint to ONNX (CKPT=...)
 	$(BIN)/mlvos export --checkpoint $(CKPT) --out $(EXPORT_DIR) --force
 
+# `make profile`: a seeded, untrained tiny checkpoint -> ONNX export (reused while the checkpoint
+# is unchanged) -> a short onnxruntime sweep on the CPU; report.json, CSVs and PNG plots in
+# $(PROFILE_DIR)/report. `make gpu-check OUT=dir` needs a CUDA build of torch.
+PROFILE_DIR  ?= .cache/profile
+PROFILE_ARGS ?= --resolutions 480p,720p,1080p --objects 1,2 --long 40 --warmup 2 --iters 5
+OUT ?= .cache/gpu-check
+
+.PHONY: profile gpu-check
+$(PROFILE_DIR)/tiny.pt: | $(STAMP)
+	$(BIN)/mlvos model init --variant tiny --out $@
+
+profile: $(STAMP) $(PROFILE_DIR)/tiny.pt ## CPU latency profile: tiny on onnxruntime (PROFILE_ARGS=...)
+	$(BIN)/mlvos profile --checkpoint $(PROFILE_DIR)/tiny.pt --backend ort --out $(PROFILE_DIR)/report $(PROFILE_ARGS)
+
+gpu-check: $(STAMP) ## time-boxed GPU check: torch backend, paper, FP16/FP32 (OUT=dir)
+	$(BIN)/mlvos profile gpu-check --out $(OUT)
+
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
 

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "export": "mlvos.export.cli",
     "run": "mlvos.runtime.cli",
     "engine": "mlvos.runtime.engine_cli",
+    "profile": "mlvos.runtime.profile_cli",
 }
 
 

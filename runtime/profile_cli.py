@@ -1,0 +1,283 @@
+"""`mlvos profile`: latency sweeps of a deployed model; `compare` two reports; `gpu-check`.
+
+Only argparse is imported at module level; numpy, torch, onnx and matplotlib are imported by the
+commands, so `mlvos profile --help` works without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from mlvos.runtime.loader import BACKENDS
+
+DEFAULT_RESOLUTIONS = "480p,720p,1080p"
+DEFAULT_OBJECTS = "1,2,4"
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """ "1,2,4" or "1..6" -> (1, 2, 4) / (1, ..., 6)."""
+    try:
+        if ".." in text:
+            lo, hi = (int(v) for v in text.split(".."))
+            return tuple(range(lo, hi + 1))
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,M,... or A..B, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="latency per stage and end to end: resolution / memory / object / long-run sweeps",
+        description=(
+            "Drive VideoPredictor with synthetic frames and report, per stage and end to end, "
+            "mean/p50/p90/p99 latency and FPS after warm-up (CUDA events on a GPU, wall clock on "
+            "the CPU), read+decode vs frames in memory, latency vs object count, a long run "
+            "(latency vs frame index, RSS growth), peak memory, GMACs per stage and achieved "
+            "TFLOP/s. Writes report.json, CSVs and PNG plots into --out. "
+            "Subcommands: `compare A.json B.json`, `gpu-check --out DIR`."
+        ),
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--model", help="export directory (or, for --backend torch, a checkpoint file)"
+    )
+    src.add_argument(
+        "--checkpoint",
+        help="a checkpoint; for --backend ort it is exported into --export-dir first (reused "
+        "while the checkpoint's sha256 matches)",
+    )
+    p.add_argument(
+        "--export-dir",
+        default=None,
+        help="export cache for --checkpoint (default: CHECKPOINT's folder/<name>-export)",
+    )
+    p.add_argument("--out", help="report folder (report.json, *.csv, *.png)")
+    p.add_argument("--backend", choices=BACKENDS, default="ort")
+    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (as exported)")
+    p.add_argument("--device", default="cpu", help="torch device for --backend torch")
+    p.add_argument(
+        "--resolutions",
+        type=_names,
+        default=_names(DEFAULT_RESOLUTIONS),
+        help="480p, 720p, 1080p or HxW, comma separated; the first is used for the object, "
+        f"memory and long-run sweeps (default: {DEFAULT_RESOLUTIONS})",
+    )
+    p.add_argument(
+        "--objects",
+        type=_int_list,
+        default=_int_list(DEFAULT_OBJECTS),
+        help=f"object counts; the first is used for the other sweeps (default: {DEFAULT_OBJECTS})",
+    )
+    p.add_argument(
+        "--memory",
+        type=_int_list,
+        default=None,
+        help="valid memory slots for the read+decode sweep, e.g. 1..6 (default: 1..capacity)",
+    )
+    p.add_argument(
+        "--long", type=int, default=200, help="frames of the long run (0 = skip; default 200)"
+    )
+    p.add_argument("--warmup", type=int, default=3, help="discarded frames (default 3)")
+    p.add_argument("--iters", type=int, default=20, help="timed frames per config (default 20)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (ORT intra-op, torch)")
+    p.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        help="memory slots of a torch checkpoint, or of the export made for --checkpoint "
+        "(default: runtime.spec DEFAULT_CAPACITY); an export directory keeps its own",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic videos")
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="backends that support it (trt) replay read+decode as a CUDA graph",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(func=main)
+
+    psub = p.add_subparsers(dest="profile_command", metavar="<profile-command>")
+    cmp_ = psub.add_parser("compare", help="print two reports side by side with ratios (B/A)")
+    cmp_.add_argument("reports", nargs=2, metavar="REPORT.json")
+    cmp_.set_defaults(func=main_compare)
+
+    gpu = psub.add_parser(
+        "gpu-check",
+        help="one time-boxed GPU measurement of the torch backend (paper variant, FP16/FP32)",
+        description=(
+            "Runs the torch backend with random weights of --variant in FP16 and FP32 at 480p, "
+            "720p and 1080p: per-stage latency (CUDA events), FPS, peak device memory, CUDA "
+            "graphs on/off for the query encoder and read+decode, and FP16-vs-FP32 mask "
+            "agreement. Needs only torch (+ mlvos); every section is time-boxed and failures are "
+            "recorded, not raised. --smoke runs a tiny CPU version (for tests). Exit status 0 "
+            "when every section ran, 1 otherwise; the report is written either way."
+        ),
+    )
+    gpu.add_argument("--out", dest="gpu_out", required=True, metavar="DIR", help="report folder")
+    gpu.add_argument("--smoke", action="store_true", help="tiny CPU run (tiny variant, 64x96)")
+    gpu.add_argument("--variant", default=None, help="model variant (default: paper; smoke: tiny)")
+    gpu.add_argument(
+        "--device",
+        dest="gpu_device",
+        metavar="DEVICE",
+        default=None,
+        help="default cuda (smoke: cpu)",
+    )
+    gpu.add_argument(
+        "--resolutions",
+        dest="gpu_resolutions",
+        metavar="RESOLUTIONS",
+        type=_names,
+        default=None,
+        help="default 480p,720p,1080p (smoke: 64x96)",
+    )
+    gpu.add_argument(
+        "--precisions", type=_names, default=None, help="default fp16,fp32 (fp32 only on the CPU)"
+    )
+    gpu.add_argument(
+        "--objects",
+        dest="gpu_objects",
+        metavar="N",
+        type=int,
+        default=1,
+        help="objects in the latency runs (default 1; the agreement video uses >= 2)",
+    )
+    gpu.add_argument(
+        "--iters",
+        dest="gpu_iters",
+        metavar="N",
+        type=int,
+        default=None,
+        help="timed frames per config (default 30; smoke 3)",
+    )
+    gpu.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="time box of the whole check in seconds (default 330; smoke 50)",
+    )
+    gpu.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN autotune (costs time per new shape)",
+    )
+    gpu.set_defaults(func=main_gpu_check)
+
+
+def _ensure_export(checkpoint: str, export_dir: str, precision: str, capacity: int | None) -> str:
+    """Export `checkpoint` into `export_dir` unless a matching export is already there."""
+    from mlvos.runtime.manifest import Manifest, ManifestError, sha256_file
+    from mlvos.runtime.spec import DEFAULT_CAPACITY
+
+    capacity = capacity or DEFAULT_CAPACITY
+    digest = sha256_file(checkpoint)
+    try:
+        m = Manifest.load(export_dir)
+        same = m.data["checkpoint"]["sha256"] == digest and m.capacity == capacity
+        if same and precision in m.precisions:
+            print(f"reusing export {export_dir} of {checkpoint}")
+            return export_dir
+    except (ManifestError, KeyError, TypeError):
+        pass
+    from mlvos.errors import require
+
+    api = require("mlvos.export.api", "export", "exporting --checkpoint for --backend ort")
+    precisions = ("fp32",) if precision == "fp32" else ("fp32", precision)
+    print(f"exporting {checkpoint} -> {export_dir} ({', '.join(precisions)}, capacity {capacity})")
+    api.export_checkpoint(
+        checkpoint, export_dir, capacity=capacity, precisions=precisions, force=True
+    )
+    return export_dir
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlvos.errors import InputError
+
+    # libgomp's active spin-wait slows small torch convolutions on few-core machines (see
+    # export/cli.py); must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if not args.out or not (args.model or args.checkpoint):
+        raise InputError(
+            "mlvos profile needs --out DIR and --model DIR (or --checkpoint CKPT); see "
+            "`mlvos profile --help`"
+        )
+    model = args.model
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint)
+        if not ckpt.is_file():
+            raise InputError(
+                f"checkpoint {ckpt} does not exist; create one with "
+                f"`mlvos model init --variant tiny --out {ckpt}`"
+            )
+        if args.backend == "torch":
+            model = str(ckpt)
+        else:
+            export_dir = args.export_dir or str(ckpt.with_name(f"{ckpt.stem}-export"))
+            model = _ensure_export(str(ckpt), export_dir, args.precision, args.capacity)
+    from mlvos.runtime.profiler import ProfileConfig, run_profile, summary_table, write_report
+
+    config = ProfileConfig(
+        model=str(model),
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+        resolutions=tuple(args.resolutions),
+        objects=tuple(args.objects),
+        memory=tuple(args.memory) if args.memory else None,
+        long=args.long,
+        warmup=args.warmup,
+        iters=args.iters,
+        threads=args.threads,
+        seed=args.seed,
+        capacity=args.capacity,
+        cuda_graph=args.cuda_graph,
+    )
+    report = run_profile(config)
+    written = write_report(report, args.out, plots=not args.no_plots)
+    print()
+    print(summary_table(report))
+    print(
+        f"wrote {', '.join(p.name for p in written)} to {args.out} ({report['duration_s']:.0f} s)"
+    )
+    if not report["checks"]["stage_sum"]["ok"]:
+        print(
+            "error: the per-stage times do not add up to the end-to-end time (see "
+            "report.json checks.stage_sum)"
+        )
+        return 1
+    return 0
+
+
+def main_compare(args: argparse.Namespace) -> int:
+    from mlvos.runtime.profiler import compare_reports, load_report
+
+    a, b = (load_report(p) for p in args.reports)
+    print(compare_reports(a, b))
+    return 0
+
+
+def main_gpu_check(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from mlvos.runtime.gpu_check import run_gpu_check
+
+    report = run_gpu_check(
+        out=args.gpu_out,
+        smoke=args.smoke,
+        variant=args.variant,
+        device=args.gpu_device,
+        resolutions=args.gpu_resolutions,
+        precisions=args.precisions,
+        objects=args.gpu_objects,
+        iters=args.gpu_iters,
+        budget_s=args.budget_s,
+        cudnn_benchmark=args.cudnn_benchmark,
+    )
+    return 0 if report.get("status") == "ok" else 1

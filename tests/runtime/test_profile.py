@@ -1,0 +1,279 @@
+"""`mlvos profile` on a tiny export: report contents, the stage-sum check, plots, the export
+cache behind --checkpoint, compare, the torch backend, and ONNX MAC counts vs model.flops."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+torch = pytest.importorskip("torch")
+
+from mlvos.errors import InputError, MlvosError  # noqa: E402
+from mlvos.model.checkpoint import save_checkpoint  # noqa: E402
+from mlvos.model.flops import stage_costs  # noqa: E402
+from mlvos.model.registry import build_model  # noqa: E402
+from mlvos.runtime import profile_cli  # noqa: E402
+from mlvos.runtime.loader import open_runner  # noqa: E402
+from mlvos.runtime.onnx_macs import MacCountError, graph_macs, stage_macs  # noqa: E402
+from mlvos.runtime.predictor import STAGES  # noqa: E402
+from mlvos.runtime.profiler import (  # noqa: E402
+    STAGE_SUM_TOLERANCE,
+    WallTimer,
+    run_video,
+    synthetic_video,
+)
+
+CAPACITY = 4
+PLOTS = (
+    "latency_vs_resolution.png",
+    "latency_vs_objects.png",
+    "latency_vs_memory.png",
+    "latency_vs_frame.png",
+    "stage_breakdown.png",
+)
+SWEEP = ["--resolutions", "64x96,96x128", "--objects", "1,2", "--long", "10"]
+SHORT = ["--warmup", "1", "--iters", "3", "--threads", "1", "--capacity", str(CAPACITY)]
+
+
+def mlvos(argv: list[str]) -> int:
+    """`mlvos ...` with the profile command, whether or not mlvos.cli registers it yet."""
+    parser = argparse.ArgumentParser(prog="mlvos")
+    sub = parser.add_subparsers(dest="command")
+    profile_cli.register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MlvosError as e:
+        print(f"mlvos {args.command}: error: {e}")
+        return 1
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    return save_checkpoint(path, build_model("tiny", seed=0))
+
+
+@pytest.fixture(scope="module")
+def profiled(checkpoint, tmp_path_factory):
+    """One short profile through --checkpoint (exported into a cache folder first)."""
+    root = tmp_path_factory.mktemp("profile")
+    export_dir, out = root / "export", root / "report"
+    argv = ["profile", "--checkpoint", str(checkpoint), "--export-dir", str(export_dir)]
+    assert mlvos([*argv, "--out", str(out), *SWEEP, *SHORT]) == 0
+    return out, export_dir
+
+
+@pytest.fixture(scope="module")
+def report(profiled) -> dict:
+    return json.loads((profiled[0] / "report.json").read_text())
+
+
+def test_report_has_every_section(report):
+    for key in (
+        "env",
+        "config",
+        "model",
+        "timer",
+        "resolution_sweep",
+        "object_sweep",
+        "memory_sweep",
+        "long_run",
+        "memory",
+        "checks",
+        "efficiency",
+    ):
+        assert key in report, key
+    assert report["format"] == "mlvos-profile"
+    assert report["env"]["onnxruntime"] and report["model"]["variant"] == "tiny"
+    assert report["timer"]["kind"] == "wall"  # CPU
+    assert [e["resolution"] for e in report["resolution_sweep"]] == ["64x96", "96x128"]
+    assert [e["objects"] for e in report["object_sweep"]] == [1, 2]
+    for e in report["resolution_sweep"] + report["object_sweep"]:
+        assert e["frames_timed"] == 3
+        for s in STAGES:
+            st = e["wall"][s]
+            assert {"mean", "p50", "p90", "p99", "fps"} <= set(st) and st["mean"] >= 0
+        assert e["gmacs"]["total"] > 0 and e["tflops"]["total"] > 0
+        assert e["peak_rss_mb"] > 0
+    assert report["efficiency"]["error"] is None
+    assert report["memory"]["peak_rss_mb"] > 0
+
+
+def test_stage_times_add_up_to_end_to_end(report):
+    check = report["checks"]["stage_sum"]
+    assert check["ok"] and check["tolerance"] == STAGE_SUM_TOLERANCE
+    assert len(check["details"]) == 3  # 64x96 x1, 96x128 x1, 64x96 x2
+    for e in report["resolution_sweep"] + report["object_sweep"]:
+        parts = sum(e["wall"][s]["mean"] for s in STAGES if s != "total")
+        total = e["wall"]["total"]["mean"]
+        assert abs(parts - total) <= STAGE_SUM_TOLERANCE * total
+
+
+def test_memory_sweep_and_long_run(report):
+    ms = report["memory_sweep"]
+    assert ms["capacity"] == CAPACITY
+    assert [p["valid_slots"] for p in ms["points"]] == [1, 2, 3, 4]
+    assert all(p["read_decoder"]["mean"] > 0 and p["gmacs"] > 0 for p in ms["points"])
+    lr = report["long_run"]
+    assert len(lr["per_frame_ms"]) == 11  # annotated frame + 10
+    assert lr["late_over_early"] > 0 and isinstance(lr["flat"], bool)
+    assert lr["rss_growth_mb"] is not None
+
+
+def test_files_are_written(profiled):
+    out, _ = profiled
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    header = (out / "stages.csv").read_text().splitlines()[0]
+    assert header.startswith("sweep,resolution,height,width,objects,stage")
+    assert len((out / "long_run.csv").read_text().splitlines()) == 12
+    assert len((out / "memory_sweep.csv").read_text().splitlines()) == 1 + CAPACITY
+
+
+def test_checkpoint_export_is_reused(profiled, checkpoint, tmp_path, capsys):
+    _, export_dir = profiled
+    argv = [
+        "profile",
+        "--checkpoint",
+        str(checkpoint),
+        "--export-dir",
+        str(export_dir),
+        "--out",
+        str(tmp_path),
+        "--resolutions",
+        "64x96",
+        "--objects",
+        "1",
+        "--memory",
+        "1",
+        "--long",
+        "0",
+        "--no-plots",
+        *SHORT,
+    ]
+    assert mlvos(argv) == 0
+    assert "reusing export" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_compare_command(profiled, tmp_path, capsys):
+    out, _ = profiled
+    data = json.loads((out / "report.json").read_text())
+    for e in data["resolution_sweep"]:
+        for st in e["wall"].values():
+            st["mean"] *= 2
+    slower = tmp_path / "slower.json"
+    slower.write_text(json.dumps(data))
+    assert mlvos(["profile", "compare", str(out / "report.json"), str(slower)]) == 0
+    text = capsys.readouterr().out
+    line = next(ln for ln in text.splitlines() if ln.startswith("64x96 x1 total mean"))
+    assert line.split()[-2] == "2.000"
+    assert mlvos(["profile", "compare", str(out / "stages.csv"), str(slower)]) == 1
+
+
+def test_torch_backend_on_a_checkpoint(checkpoint, tmp_path):
+    argv = [
+        "profile",
+        "--checkpoint",
+        str(checkpoint),
+        "--backend",
+        "torch",
+        "--out",
+        str(tmp_path),
+        "--resolutions",
+        "64x96",
+        "--objects",
+        "1",
+        "--memory",
+        "1,4",
+        "--long",
+        "0",
+        "--no-plots",
+        *SHORT,
+    ]
+    assert mlvos(argv) == 0
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["model"]["backend"] == "torch"
+    assert data["efficiency"]["source"].startswith("torch")
+    assert data["resolution_sweep"][0]["gmacs"]["total"] > 0
+
+
+def test_bad_arguments(checkpoint, tmp_path):
+    assert mlvos(["profile", "--out", str(tmp_path)]) == 1  # no model
+    argv = [
+        "profile",
+        "--checkpoint",
+        str(checkpoint),
+        "--backend",
+        "torch",
+        "--out",
+        str(tmp_path),
+        "--memory",
+        "9",
+        "--resolutions",
+        "64x96",
+        *SHORT,
+    ]
+    assert mlvos(argv) == 1  # 9 slots > capacity
+
+
+def test_device_timer_path(profiled):
+    """A runner with a device timer gets per-stage device times from the TimedRunner proxy."""
+
+    class DeviceWall(WallTimer):
+        kind = "device"
+
+    video = synthetic_video(0, 64, 96, 2, unique=3)
+    with open_runner(profiled[1], threads=1) as runner:
+        run = run_video(runner, video, frames=4, warmup=1, timer=DeviceWall(runner.synchronize))
+    dev, wall = run.timed("device"), run.timed("wall")
+    assert len(dev["total"]) == len(wall["total"]) == 3
+    for d, w in zip(dev["total"], wall["total"]):
+        assert 0 < d <= w
+    assert all(v > 0 for v in dev["read_decoder"])
+
+
+# ------------------------------------------------------------------------------ ONNX MACs
+@pytest.mark.parametrize("size", [(64, 96), (480, 864)])
+def test_onnx_macs_match_torch_flops(profiled, size):
+    """Query and read+decode agree exactly; the exported memory encoder is ~1.5% cheaper
+    because the export drops convolutions of the last backbone level whose outputs (strides 4
+    and 8) the memory encoder never uses, while eager PyTorch still runs them."""
+    h, w = size
+    onnx_ = stage_macs(profiled[1], height=h, width=w, objects=1)
+    ref = stage_costs("tiny", h, w, CAPACITY)
+    pairs = {
+        "query_encoder": ref.query_gmac,
+        "memory_encoder": ref.memory_gmac,
+        "read_decoder": ref.read_decode_gmac,
+    }
+    for graph, torch_gmac in pairs.items():
+        assert onnx_[graph].gmacs == pytest.approx(torch_gmac, rel=0.03), graph
+    assert onnx_["read_decoder"].by_op["MatMul"] > 0  # the memory read is counted
+
+
+def test_onnx_macs_scale_with_objects(profiled):
+    one = stage_macs(profiled[1], height=64, width=96, objects=1)
+    three = stage_macs(profiled[1], height=64, width=96, objects=3)
+    assert three["query_encoder"].macs == one["query_encoder"].macs
+    for g in ("memory_encoder", "read_decoder"):
+        assert three[g].macs == 3 * one[g].macs
+
+
+def test_onnx_macs_errors(profiled):
+    path = profiled[1] / "read_decoder.fp32.onnx"
+    with pytest.raises(MacCountError, match="needs a value for 'O'"):
+        graph_macs(path, {"H": 64, "W": 96})
+    with pytest.raises(InputError, match="multiple of the stride"):
+        stage_macs(profiled[1], height=65, width=96)
+    assert np.isclose(
+        graph_macs(path, {"H": 64, "W": 96, "O": 1}).gmacs,
+        stage_macs(profiled[1], height=64, width=96)["read_decoder"].gmacs,
+    )

@@ -1,0 +1,173 @@
+"""Profiler building blocks without a model: statistics, timers, the timed runner proxy, memory
+probes, synthetic videos, label agreement and report comparison (numpy only)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from mlvos.errors import InputError
+from mlvos.runtime.gpu_check import final_table, label_agreement
+from mlvos.runtime.predictor import STAGES
+from mlvos.runtime.profile_cli import _int_list
+from mlvos.runtime.profiler import (
+    REPORT_FORMAT,
+    StageTimer,
+    TimedRunner,
+    WallTimer,
+    _disc_video,
+    comparable_metrics,
+    compare_reports,
+    host_memory,
+    parse_resolution,
+    reset_peak_rss,
+    stage_sum_check,
+    summarize,
+    timer_for,
+)
+
+
+def test_summarize_percentiles_and_fps():
+    st = summarize([10.0] * 98 + [20.0, 30.0])
+    assert st["n"] == 100
+    assert st["p50"] == 10.0 and st["p90"] == 10.0
+    assert 20.0 <= st["p99"] <= 30.0
+    assert st["mean"] == pytest.approx(10.3)
+    assert st["fps"] == pytest.approx(1e3 / 10.3)
+    assert summarize([])["mean"] is None
+
+
+def test_stage_sum_check():
+    stats = {s: {"mean": 10.0} for s in STAGES}
+    stats["total"] = {"mean": 52.0}
+    ok = stage_sum_check(stats)
+    assert ok["ok"] and ok["sum_ms"] == 50.0 and ok["rel_diff"] == pytest.approx(2 / 52)
+    stats["total"] = {"mean": 80.0}
+    assert not stage_sum_check(stats)["ok"]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("480p", ("480p", 480, 854)), ("1080p", ("1080p", 1080, 1920)), ("64x96", ("64x96", 64, 96))],
+)
+def test_parse_resolution(text, expected):
+    assert parse_resolution(text) == expected
+
+
+@pytest.mark.parametrize("text", ["4k", "16x16", "axb"])
+def test_parse_resolution_rejects(text):
+    with pytest.raises(InputError, match="resolution"):
+        parse_resolution(text)
+
+
+def test_int_list():
+    assert _int_list("1..4") == (1, 2, 3, 4)
+    assert _int_list("1,2,8") == (1, 2, 8)
+    with pytest.raises(argparse.ArgumentTypeError):
+        _int_list("one")
+
+
+class _TickTimer(StageTimer):
+    """A 'device' timer whose clock advances 1 ms per mark (deterministic)."""
+
+    kind, name = "device", "ticks"
+
+    def __init__(self):
+        self.t = 0
+
+    def mark(self):
+        self.t += 1
+        return self.t
+
+    def elapsed_ms(self, start, end):
+        return float(end - start)
+
+
+class _FakeRunner:
+    name, stride, capacity = "fake", 32, 4
+
+    def upload(self, a):
+        return a
+
+    def encode_query(self, f):
+        return f
+
+    def read_decode(self, q, n):
+        return q, q
+
+    def write_slot(self, *a):
+        pass
+
+    def download(self, v):
+        return v
+
+
+def test_timed_runner_attributes_calls_to_stages():
+    timed = TimedRunner(_FakeRunner(), _TickTimer())
+    assert timed.capacity == 4 and timed.stride == 32  # attributes pass through
+    timed.upload(1)
+    timed.encode_query(1)
+    timed.read_decode(1, 1)
+    timed.write_slot(0, 1, 1, 1)
+    timed.download(1)
+    per = timed.collect()
+    assert per["preprocess"] == per["query_encoder"] == per["read_decoder"] == 1.0
+    assert per["memory_encoder"] == per["postprocess"] == 1.0
+    assert per["total"] == 5.0
+    assert timed.collect()["total"] == 0.0  # spans are consumed
+
+
+def test_timer_for_prefers_the_runners_own_timer():
+    assert isinstance(timer_for(_FakeRunner()), WallTimer)
+    runner = _FakeRunner()
+    runner.make_timer = _TickTimer
+    assert isinstance(timer_for(runner), _TickTimer)
+
+
+def test_host_memory_probe():
+    mem = host_memory()
+    assert mem["peak_rss_mb"] > 0
+    assert isinstance(reset_peak_rss(), bool)
+
+
+def test_disc_video_fallback_has_every_object():
+    pairs = list(_disc_video(0, 3, 96, 128, 3))
+    frame, label = pairs[0]
+    assert frame.shape == (96, 128, 3) and frame.dtype == np.uint8
+    assert set(np.unique(label)) == {0, 1, 2, 3}
+
+
+def test_label_agreement():
+    a = np.zeros((8, 8), np.uint8)
+    a[:4] = 1
+    b = a.copy()
+    b[:2] = 0
+    same = label_agreement([a, a, a], [a, a, a], [1])
+    assert same["mean_iou"] == 1.0 and same["frames"] == 2
+    half = label_agreement([a, a], [a, b], [1])
+    assert half["mean_iou"] == pytest.approx(0.5)
+    assert half["pixel_agreement"] == pytest.approx(1 - 16 / 64)
+
+
+def _entry(scale: float) -> dict:
+    wall = {s: summarize([scale * 10.0]) for s in STAGES}
+    return {"resolution": "480p", "objects": 1, "wall": wall}
+
+
+def test_compare_reports_ratios():
+    a = {"format": REPORT_FORMAT, "resolution_sweep": [_entry(1.0)], "object_sweep": []}
+    b = {"format": REPORT_FORMAT, "resolution_sweep": [_entry(2.0)], "object_sweep": []}
+    text = compare_reports(a, b)
+    assert "480p x1 total mean" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("480p x1 total mean"))
+    assert line.split()[-2] == "2.000"
+
+
+def test_gpu_report_metrics_and_table():
+    entry = {"precision": "fp16", "resolution": "480p", **_entry(1.0), "peak_device_mb": 100.0}
+    report = {"format": "mlvos-gpu-check", "configs": [entry], "status": "ok", "sections": {}}
+    m = comparable_metrics(report)
+    assert m["fp16 480p total mean"] == (10.0, "ms")
+    assert "fp16" in final_table(report)
