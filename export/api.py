@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mlvos.errors import InputError
-from mlvos.export.errors import OutputExistsError
+from mlvos.export.errors import OutputExistsError, ValidationFailedError
 from mlvos.export.options import (
     CHECKPOINT_FILE,
     DEFAULT_OPSET,
@@ -24,6 +24,7 @@ from mlvos.export.options import (
     MIN_CAPACITY,
     MIN_OPSET,
     PRECISIONS,
+    VALIDATION_FILE,
     graph_file,
 )
 from mlvos.runtime.spec import DEFAULT_CAPACITY, MIN_SIDE, PIXEL_MEAN, PIXEL_STD, Graph
@@ -244,7 +245,20 @@ def export_checkpoint(
                     seed=rnd["seed"],
                 ),
             }
-            report = validate_export(tmp, model=model, samples=samples, precomputed=precomputed)
+            try:
+                report = validate_export(
+                    tmp, model=model, samples=samples, precomputed=precomputed
+                )
+            except ValidationFailedError as e:
+                # The export is discarded, but its report is what the user needs to act on.
+                kept = out.with_name(f"{out.name}.failed-validation.json")
+                shutil.copyfile(tmp / VALIDATION_FILE, kept)
+                raise ValidationFailedError(
+                    f"{len(e.failures)} validation problem(s); nothing was written "
+                    f"to {out}. Report kept in {kept}:\n  - " + "\n  - ".join(e.failures)
+                    + "\nRe-export with --no-validate to keep the graphs anyway.",
+                    e.failures,
+                ) from None
             step("validated every graph against PyTorch (validation.json)")
             for line in summary(report):
                 step(f"  {line}")

@@ -47,8 +47,11 @@ RESOLUTIONS: dict[str, tuple[int, int]] = {
 }
 # The per-stage times must add up to the end-to-end time within this fraction.
 STAGE_SUM_TOLERANCE = 0.10
-# A long run is "flat" when its late window is at most this much slower than its early window.
-FLATNESS_TOLERANCE = 1.25
+# A long run is "flat" when the mean latency of its last 100 frames is at most this much above
+# that of frames 11..110 (the runtime issue's acceptance bar; windows shrink for shorter runs).
+FLATNESS_TOLERANCE = 1.05
+FLATNESS_WINDOW = 100
+FLATNESS_START = 10
 WORK_STAGES = tuple(s for s in STAGES if s != "total")
 # Graph whose MACs each predictor stage executes (the other stages run no graph).
 STAGE_GRAPH = {
@@ -690,8 +693,9 @@ def _long_run(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[s
     per_frame = run.wall["total"]
     timed = per_frame[run.skip :]
     n = len(timed)
-    win = max(1, min(50, n // 5))
-    early, late = timed[:win], timed[-win:]
+    win = max(1, min(FLATNESS_WINDOW, n // 5))
+    start = min(FLATNESS_START, max(0, n - 2 * win))
+    early, late = timed[start : start + win], timed[-win:]
     ratio = float(np.mean(late) / np.mean(early)) if n else None
     ratio_median = float(np.median(late) / np.median(early)) if n else None
     result.update(
@@ -703,8 +707,8 @@ def _long_run(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[s
             "device_per_frame_ms": run.device["total"] if run.device else None,
             "stats": summarize(timed),
             "early": {
-                "first": run.skip,
-                "last": run.skip + win - 1,
+                "first": run.skip + start,
+                "last": run.skip + start + win - 1,
                 "mean_ms": float(np.mean(early)),
                 "median_ms": float(np.median(early)),
             },
@@ -716,8 +720,9 @@ def _long_run(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[s
             },
             "late_over_early": ratio,
             "late_over_early_median": ratio_median,
-            # Decided on medians: a transient load spike on a shared machine is not memory growth.
-            "flat": bool(ratio_median is not None and ratio_median <= FLATNESS_TOLERANCE),
+            # Decided on means, as the acceptance bar says; on a shared machine compare with the
+            # median ratio and the plot before blaming the memory (load steps show as plateaus).
+            "flat": bool(ratio is not None and ratio <= FLATNESS_TOLERANCE),
             "flatness_tolerance": FLATNESS_TOLERANCE,
             "rss_mb_after_warmup": run.rss_after_warmup_mb,
             "rss_mb_end": rss_end,
