@@ -28,6 +28,13 @@ venv: $(STAMP) ## create/update the virtualenv in .venv
 demo: $(STAMP) ## main job on the CPU: synthetic video -> tiny model -> propagate -> J&F and FPS
 	$(BIN)/mlvos demo
 
+.PHONY: train-demo train-plot
+train-demo: $(STAMP) ## train the tiny demo model on synthetic data (a few CPU minutes, cached in CKPT)
+	$(BIN)/mlvos train demo --out $(CKPT)
+
+train-plot: $(STAMP) ## loss curve of the demo model's main training (CKPT.runs/main/log.jsonl)
+	$(BIN)/mlvos train plot $(CKPT).runs/main/log.jsonl --out $(CKPT).loss.png
+
 test: $(STAMP) ## run the test suite (CPU; gpu-marked tests skip without a GPU)
 	$(BIN)/python -m pytest -q
 
@@ -55,6 +62,27 @@ profile: $(STAMP) $(PROFILE_DIR)/tiny.pt ## CPU latency profile: tiny on onnxrun
 
 gpu-check: $(STAMP) ## time-boxed GPU check: torch backend, paper, FP16/FP32 (OUT=dir)
 	$(BIN)/mlvos profile gpu-check --out $(OUT)
+
+# `make calib`: INT8 calibration of an export (default: the demo's, made by `make demo` if absent)
+# on synthetic calibration videos, scored on other synthetic validation videos (FP32 vs INT8 J&F);
+# the int8 graphs are registered in $(CALIB_EXPORT)/manifest.json and the report is
+# $(CALIB_DIR)/out/calibration.json. The data sets are made once; the recorded feeds are cached.
+CALIB_EXPORT ?= .cache/demo/export
+CALIB_DIR    ?= .cache/calib
+CALIB_ARGS   ?= --samples 32
+
+.PHONY: calib
+.cache/demo/export/manifest.json: | $(STAMP)
+	$(BIN)/mlvos demo
+
+$(CALIB_DIR)/calib-data: | $(STAMP)
+	$(BIN)/mlvos data synth --out $@ --sequences 6 --frames 30 --seed 4321 --split val
+
+$(CALIB_DIR)/val-data: | $(STAMP)
+	$(BIN)/mlvos data synth --out $@ --sequences 10 --frames 30 --seed 1234 --split val
+
+calib: $(STAMP) $(CALIB_EXPORT)/manifest.json $(CALIB_DIR)/calib-data $(CALIB_DIR)/val-data ## INT8 Q/DQ graphs + FP32-vs-INT8 J&F (CALIB_EXPORT=dir)
+	$(BIN)/mlvos calib --model $(CALIB_EXPORT) --data $(CALIB_DIR)/calib-data --eval-data $(CALIB_DIR)/val-data --out $(CALIB_DIR)/out --force $(CALIB_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .

@@ -23,10 +23,13 @@ COMMANDS: dict[str, str] = {
     "data": "mlvos.data.cli",
     "eval": "mlvos.data.eval_cli",
     "infer": "mlvos.model.infer_cli",
+    "train": "mlvos.model.train_cli",
     "export": "mlvos.export.cli",
     "run": "mlvos.runtime.cli",
     "engine": "mlvos.runtime.engine_cli",
+    "calib": "mlvos.calib.cli",
     "profile": "mlvos.runtime.profile_cli",
+    "demo": "mlvos.demo",
 }
 
 

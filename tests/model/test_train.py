@@ -1,0 +1,220 @@
+"""`mlvos train`: every stage runs and writes a checkpoint + log, stages chain, a killed run
+resumes bit-exactly, and bad input is a clean CLI error. CPU, tiny variant, 64x64 crops."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mlvos.data.palette import read_mask, write_frame
+from mlvos.data.synth import make_synthetic_dataset
+from mlvos.model.checkpoint import load_model, read_checkpoint
+from mlvos.model.train_cli import run
+
+FAST = ["--variant", "tiny", "--size", "64", "--batch", "2", "--lr", "1e-3", "--log-every",
+        "1", "--threads", "2"]
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in _log(out) if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def davis(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "D"
+    make_synthetic_dataset(root, sequences=2, frames=6, seed=5, height=64, width=80,
+                           split="train")
+    return root
+
+
+@pytest.mark.parametrize("stage,extra", [
+    ("pretrain", []),
+    ("main", ["--data", "synth", "--max-skip", "2,6"]),
+    ("main", ["--data", "synth:96x128"]),
+])
+def test_stage_runs_and_writes_checkpoint_and_log(tmp_path, stage, extra):
+    out = tmp_path / "run"
+    assert run(["--stage", stage, "--out", str(out), "--steps", "3", *FAST, *extra]) == 0
+    state = read_checkpoint(out / "last.pt")  # loads with weights_only=True
+    assert state["stage"] == stage and state["iteration"] == 3
+    train = state["extra"]["train"]
+    assert train["step"] == 3 and train["options"]["stage"] == stage
+    assert {"optimizer", "scheduler", "rng"} <= set(train)
+    log = _log(out)
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and r["stage"] == stage and r["images_per_s"] > 0
+               for r in steps)
+    assert log[-1]["event"] == "end"
+    load_model(out / "last.pt")  # what `mlvos infer` does
+
+
+def test_davis_main_training_and_chaining(tmp_path, davis):
+    pre = tmp_path / "pre"
+    assert run(["--stage", "pretrain", "--out", str(pre), "--steps", "2", *FAST]) == 0
+    main = tmp_path / "main"
+    fast = [a for a in FAST if a not in ("--variant", "tiny")]
+    assert run(["--stage", "main", "--init", str(pre / "last.pt"), "--out", str(main),
+                "--steps", "2", "--data", f"davis:{davis}", "--data", "synth", *fast]) == 0
+    state = read_checkpoint(main / "last.pt")
+    assert state["variant"] == "tiny" and state["stage"] == "main"
+    history = state["extra"]["train"]["history"]
+    assert history[0]["stage"] == "pretrain" and history[0]["iteration"] == 2
+
+
+def test_finetune_on_a_synthetic_video(tmp_path, davis):
+    video = davis / "JPEGImages" / "480p" / "synth-0000"
+    mask = davis / "Annotations" / "480p" / "synth-0000" / "00000.png"
+    out = tmp_path / "ft"
+    assert run(["--stage", "finetune", "--out", str(out), "--steps", "2", "--video", str(video),
+                "--mask", str(mask), *FAST]) == 0
+    assert read_checkpoint(out / "last.pt")["stage"] == "finetune"
+    out2 = tmp_path / "ft2"
+    assert run(["--stage", "finetune", "--out", str(out2), "--steps", "1", "--data",
+                f"davis:{davis}", "--split", "train", "--sequence", "synth-0001", *FAST]) == 0
+
+
+def test_resume_continues_bit_exactly(tmp_path):
+    common = ["--stage", "main", "--steps", "5", "--save-every", "2", "--deterministic",
+              "--train-bn", *FAST]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run([*common, "--out", str(full)]) == 0
+    assert run([*common, "--out", str(part), "--stop-after", "2"]) == 0
+    assert read_checkpoint(part / "last.pt")["iteration"] == 2
+    assert run(["--resume", str(part)]) == 0
+    a, b = _losses(full), _losses(part)
+    assert b.keys() == a.keys() == {1, 2, 3, 4, 5}
+    for step in (3, 4, 5):
+        assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
+    assert any(r.get("event") == "resume" and r["step"] == 2 for r in _log(part))
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    """Kill -9 a training process after its first checkpoint; the resumed run's next loss
+    equals an uninterrupted run's loss at that step."""
+    common = ["--stage", "main", "--steps", "200", "--save-every", "2", "--deterministic",
+              *FAST]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlvos.model.train_cli", *common,
+                             "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (killed / "last.pt").exists():
+            assert proc.poll() is None, "training exited before its first checkpoint"
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    k = read_checkpoint(killed / "last.pt")["iteration"]  # atomic: always a complete file
+    assert run(["--resume", str(killed), "--stop-after", "1"]) == 0
+    ref = tmp_path / "ref"
+    assert run([*common, "--out", str(ref), "--stop-after", str(k + 1)]) == 0
+    resumed = [r for r in _log(killed) if r.get("step") == k + 1 and "loss" in r][-1]
+    assert abs(resumed["loss"] - _losses(ref)[k + 1]) <= 1e-6
+
+
+def test_out_dir_with_a_run_is_refused_unless_resume_or_force(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--stage", "main", "--out", str(out), "--steps", "1", *FAST]
+    assert run(args) == 0
+    before = (out / "last.pt").read_bytes()
+    assert run(args) == 1
+    assert "already holds a training run" in capsys.readouterr().err
+    assert (out / "last.pt").read_bytes() == before  # nothing lost
+    assert run([*args, "--force"]) == 0
+    # a resumed run may not silently change what it trains on
+    assert run(["--resume", str(out), "--steps", "3", "--size", "96"]) == 1
+    assert "--size differ" in capsys.readouterr().err
+    assert run(["--resume", str(out), "--steps", "1"]) == 1
+    assert "already at step 1" in capsys.readouterr().err
+
+
+def test_plot_writes_png(tmp_path):
+    out = tmp_path / "run"
+    assert run(["--stage", "main", "--out", str(out), "--steps", "3", *FAST]) == 0
+    png = tmp_path / "loss.png"
+    assert run(["plot", str(out / "log.jsonl"), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _corrupt(root: Path, how: str) -> None:
+    seq = "synth-0000"
+    ann = root / "Annotations" / "480p" / seq
+    img = root / "JPEGImages" / "480p" / seq
+    if how == "missing-annotation":
+        (ann / "00000.png").unlink()
+    elif how == "size-mismatch":
+        from PIL import Image
+
+        Image.fromarray(read_mask(ann / "00002.png")[:32], mode="L").save(ann / "00002.png")
+    elif how == "rgb-mask":
+        from PIL import Image
+
+        rgb = np.repeat(read_mask(ann / "00001.png")[..., None], 3, axis=2) * 60
+        Image.fromarray(rgb.astype(np.uint8), mode="RGB").save(ann / "00001.png")
+    elif how == "empty-sequence":
+        for p in img.iterdir():
+            p.unlink()
+
+
+@pytest.mark.parametrize("how,message", [
+    ("missing-annotation", "missing annotation"),
+    ("size-mismatch", "00002.png"),
+    ("rgb-mask", "00001.png"),
+    ("empty-sequence", "empty"),
+])
+def test_bad_dataset_is_a_clean_error(tmp_path, capsys, how, message):
+    root = tmp_path / "D"
+    make_synthetic_dataset(root, sequences=1, frames=4, seed=1, height=48, width=64,
+                           split="train")
+    _corrupt(root, how)
+    out = tmp_path / "run"
+    assert run(["--stage", "main", "--out", str(out), "--steps", "1", "--data",
+                f"davis:{root}", *FAST]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mlvos train: error:") and message in err
+    assert not (out / "last.pt").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--stage", "main", "--steps", "1"], "exactly one of --variant"),
+    (["--stage", "main", "--variant", "tiny", "--data", "kitti:/x"], "unknown kind"),
+    (["--stage", "finetune", "--variant", "tiny"], "needs --video"),
+    (["--stage", "main", "--variant", "tiny", "--size", "16"], "--size must be >= 32"),
+    (["--stage", "main", "--init", "/no/such.pt"], "does not exist"),
+    (["--resume", "/no/such/dir"], "no such checkpoint"),
+])
+def test_bad_options_are_clean_errors(tmp_path, capsys, args, message):
+    assert run([*args, "--out", str(tmp_path / "o")]) == 1
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_amp_is_cuda_only(tmp_path, capsys):
+    assert run(["--stage", "main", "--out", str(tmp_path / "o"), "--amp", *FAST]) == 1
+    assert "--amp needs CUDA" in capsys.readouterr().err
+
+
+def test_finetune_target_size_mismatch_names_files(tmp_path, davis, capsys):
+    video = tmp_path / "frames"
+    video.mkdir()
+    write_frame(video / "00000.jpg", np.zeros((40, 40, 3), np.uint8))
+    mask = davis / "Annotations" / "480p" / "synth-0000" / "00000.png"
+    assert run(["--stage", "finetune", "--out", str(tmp_path / "o"), "--video", str(video),
+                "--mask", str(mask), "--steps", "1", *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "00000.png" in err and "must match" in err
