@@ -120,6 +120,17 @@ def _stage_name(graph: str) -> str:
     return f".calib-{os.getpid()}.{graph_file(graph, PRECISION)}"
 
 
+# Why a quantizer leaves a candidate alone (appended to the generic reason).
+_UNPLACED = {
+    ("modelopt", "attention"): (
+        "; ModelOpt leaves the MHA MatMuls unquantized when the key length T*h*w exceeds 512, "
+        "and Add/Softmax are not quantizable ops"
+    ),
+    ("modelopt", "aggregation"): "; Sigmoid/ReduceProd/Log/Softmax/ArgMax are not quantized",
+    ("ort", "aggregation"): "; only Conv and MatMul are quantized",
+}
+
+
 def _plan_graph(
     graph: str,
     fp32_path: Path,
@@ -171,8 +182,8 @@ def _plan_graph(
         candidates[name] = entry
         if not hit:
             entry["reason"] = (
-                f"{method} places no Q/DQ on these nodes (its placement rules): they stay FP32 "
-                "without an exclusion"
+                f"{method} places no Q/DQ on these nodes (its placement rules"
+                f"{_UNPLACED.get((method, name), '')}): they stay FP32 without an exclusion"
             )
             continue
         measure = keep_mode == KEEP_AUTO or name in requested

@@ -152,7 +152,11 @@ def validate_graphs(
     failures: list[str] = []
     for graph, per_precision in manifest["graphs"].items():
         for precision, entry in per_precision.items():
-            tol = TOLERANCES[precision]
+            tol = TOLERANCES.get(precision)
+            if tol is None:
+                # int8 (mlvos calib) is judged against FP32 by calibration.json and by the
+                # end-to-end section, not by a torch-parity tolerance.
+                continue
             session = _session(export_dir / entry["file"])
             dtypes = {t["name"]: np.dtype(t["dtype"]) for t in entry["inputs"]}
             section = report.setdefault(graph, {}).setdefault(precision, {})
