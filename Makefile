@@ -32,8 +32,8 @@ demo: $(STAMP) ## main job on the CPU: synthetic video -> tiny model -> propagat
 train-demo: $(STAMP) ## train the tiny demo model on synthetic data (a few CPU minutes, cached in CKPT)
 	$(BIN)/mlvos train demo --out $(CKPT)
 
-train-plot: $(STAMP) ## loss curve of the demo model's main training (CKPT.runs/main/log.jsonl)
-	$(BIN)/mlvos train plot $(CKPT).runs/main/log.jsonl --out $(CKPT).loss.png
+train-plot: $(STAMP) ## loss curve of the demo model's main training (CKPT.runs/3-main/log.jsonl)
+	$(BIN)/mlvos train plot $(CKPT).runs/3-main/log.jsonl --out $(CKPT).loss.png
 
 test: $(STAMP) ## run the test suite (CPU; gpu-marked tests skip without a GPU)
 	$(BIN)/python -m pytest -q

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mlvos.runtime.spec import FEATURE_STRIDE  # noqa: F401 - re-exported for export modules
+
 # Graph precisions an export can hold. fp16 = strongly typed mixed precision (see fp16.py).
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 DEFAULT_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
@@ -10,8 +12,6 @@ DEFAULT_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 DEFAULT_OPSET: int = 17
 MIN_OPSET: int = 13
 MAX_OPSET: int = 20
-# Memory read, keys and values live at stride 16 whatever the backbone's total stride.
-FEATURE_STRIDE: int = 16
 # The annotated frame plus the previous frame.
 MIN_CAPACITY: int = 2
 

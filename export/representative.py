@@ -16,7 +16,7 @@ import torch
 
 from mlvos.export.wrappers import build_wrapper
 from mlvos.model.network import STMNet
-from mlvos.runtime.spec import Graph
+from mlvos.runtime.spec import FEATURE_STRIDE, Graph
 from mlvos.runtime.spec import Tensor as T
 
 Feed = dict[str, np.ndarray]
@@ -142,7 +142,7 @@ def random_samples(
     rng = np.random.default_rng(seed)
     cfg = model.config
     c4, c8, _ = cfg.query_backbone.feature_channels()
-    h, w = height // 16, width // 16
+    h, w = height // FEATURE_STRIDE, width // FEATURE_STRIDE
     frame = rng.integers(0, 256, size=(1, 3, height, width), dtype=np.uint8)
     valid = np.zeros((objects, capacity), dtype=np.float32)
     for k in range(objects):

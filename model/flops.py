@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mlvos.model.registry import build_model
-from mlvos.runtime.spec import padded_size
+from mlvos.runtime.spec import FEATURE_STRIDE, padded_size
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ def stage_costs(variant: str, height: int = 480, width: int = 864, capacity: int
         q = model.encode_query(frame)
         query = _gmacs(lambda: model.encode_query(frame))
         memory = _gmacs(lambda: model.encode_memory(frame, torch.empty(1, h, w)))
-        bk = torch.empty(1, capacity, ck, h // 16, w // 16)
-        bv = torch.empty(1, capacity, cv, h // 16, w // 16)
+        bk = torch.empty(1, capacity, ck, h // FEATURE_STRIDE, w // FEATURE_STRIDE)
+        bv = torch.empty(1, capacity, cv, h // FEATURE_STRIDE, w // FEATURE_STRIDE)
         valid = torch.ones(1, capacity)
         read = _gmacs(lambda: model.read_decode(q, bk, bv, valid))
     return StageCost(variant, params, model.stride, h, w, query, memory, read, capacity)

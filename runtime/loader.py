@@ -24,6 +24,7 @@ def open_runner(
     engine_dir: str | os.PathLike | None = None,
     allow_build: bool = True,
     cuda_graph: bool = False,
+    io_binding: bool | None = None,
 ):
     """Create a Runner.
 
@@ -32,19 +33,33 @@ def open_runner(
         backend: "ort" (onnxruntime), "trt" (TensorRT engines, built/cached on first use) or
             "torch".
         precision: graph precision ("fp32", "fp16", "int8" for ort when exported).
-        device: torch device for the torch backend.
-        providers: onnxruntime execution providers.
+        device: torch device (torch); "cpu" or "cuda[:N]" (ort: picks the CUDA execution
+            provider, onnxruntime-gpu); the CUDA device (trt).
+        providers: onnxruntime execution providers (overrides the choice from `device`).
         capacity: memory slots for the torch backend when given a bare checkpoint.
         engine_dir / allow_build / cuda_graph: trt only (see runtime.backends.trt.TrtRunner);
             the CUDA device index is taken from `device` ("cuda:1" -> 1, else 0).
+        io_binding: ort only: keep the bank and features in device OrtValues (OrtBoundRunner).
+            Default: on for CUDA/TensorRT providers, off on the CPU (already copy-free).
     """
     path = Path(model)
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "ort":
-        from mlvos.runtime.backends.onnxrt import OrtRunner
+        from mlvos.runtime.backends.onnxrt import (
+            GPU_PROVIDERS,
+            OrtBoundRunner,
+            OrtRunner,
+            device_index,
+            providers_for,
+        )
 
-        return OrtRunner(Manifest.load(path), precision, providers=providers, threads=threads)
+        providers = providers or providers_for(device)
+        if io_binding is None:
+            io_binding = providers[0] in GPU_PROVIDERS
+        cls = OrtBoundRunner if io_binding else OrtRunner
+        return cls(Manifest.load(path), precision, providers=providers, threads=threads,
+                   device_id=device_index(device))
     if backend == "trt":
         from mlvos.runtime.backends.trt import TrtRunner
 

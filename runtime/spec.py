@@ -22,6 +22,9 @@ import numpy as np
 PIXEL_MEAN: tuple[float, float, float] = (0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0)
 PIXEL_STD: tuple[float, float, float] = (0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0)
 
+# Memory read, keys and values live at stride 16 whatever the backbone's total stride.
+FEATURE_STRIDE: int = 16
+
 # Soft aggregation clamps probabilities to [AGG_EPS, 1 - AGG_EPS] before the logit (STM).
 AGG_EPS: float = 1e-7
 # Additive softmax bias for empty memory slots: exp(-1e4) is exactly 0 in float16 and float32.

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from mlvos.errors import InputError, require
+from mlvos.runtime.spec import FEATURE_STRIDE
 
 
 class TorchRunner:
@@ -101,7 +102,7 @@ class TorchRunner:
 
     def allocate_bank(self, max_objects: int, height: int, width: int) -> None:
         torch = self.torch
-        h, w = height // 16, width // 16
+        h, w = height // FEATURE_STRIDE, width // FEATURE_STRIDE
         kw = dict(device=self.device, dtype=self.dtype)
         key = torch.zeros(max_objects, self.capacity, self.key_dim, h, w, **kw)
         value = torch.zeros(max_objects, self.capacity, self.value_dim, h, w, **kw)
