@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder for the PNG masks")
     p.add_argument("--backend", choices=BACKENDS, default="ort")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (as exported)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: ort (CUDA provider + IO binding), trt, or a torch device")
+    p.add_argument(
+        "--device", default="cpu",
+        help="cpu or cuda[:N]: ort (CUDA provider + IO binding), trt, or a torch device",
+    )
     p.add_argument("--engine-dir", default=None, help="TensorRT engine cache (trt)")
     p.add_argument(
         "--no-build", action="store_true", help="refuse to build missing/stale engines (trt)"

@@ -60,7 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="report folder (report.json, *.csv, *.png)")
     p.add_argument("--backend", choices=BACKENDS, default="ort")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (as exported)")
-    p.add_argument("--device", default="cpu", help="torch device for --backend torch")
+    p.add_argument(
+        "--device", default="cpu",
+        help="cpu or cuda[:N] (ort: CUDA provider + IO binding; trt) or a torch device",
+    )
     p.add_argument(
         "--resolutions",
         type=_names,
