@@ -88,6 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the hardest 15%% of pixels after a ramp (faster from scratch)")
     o.add_argument("--train-bn", action="store_true", default=_S,
                    help="update BatchNorm statistics (training from scratch); default frozen")
+    o.add_argument("--bn-calib", type=int, default=_S, metavar="BATCHES",
+                   help="re-estimate the frozen BatchNorm statistics on this many batches of "
+                   "the run's data before training (fresh runs; default 0 = off)")
     o.add_argument("--seed", type=int, default=_S, help="run seed (default 0)")
     o.add_argument("--amp", action=argparse.BooleanOptionalAction, default=_S,
                    help="mixed precision (default: on with CUDA; CUDA only)")

@@ -67,6 +67,11 @@ class TrainOptions:
             (cross-entropy over the hardest pixels, see losses.py; faster from scratch).
         train_bn: let BatchNorm statistics update (training from scratch); default keeps them
             frozen as STM does when the model config says so.
+        bn_calib: before the first step of a fresh run with frozen statistics, re-estimate
+            them over this many batches of the run's own data (forward only). Batch-statistics
+            training at batch 1-4 teaches the network per-batch normalization that the running
+            averages do not reproduce at inference; a frozen, recalibrated run trains exactly
+            as it will be evaluated. 0 = off.
         workers: DataLoader worker processes; seed: run seed.
         save_every: checkpoint period in steps; keep_checkpoints: also keep step-NNNNNN.pt.
         amp: mixed precision (None = on with CUDA; CUDA only).
@@ -103,6 +108,7 @@ class TrainOptions:
     grad_clip: float = 0.0
     loss: str = "ce"
     train_bn: bool = False
+    bn_calib: int = 0
     workers: int = 0
     seed: int = 0
     save_every: int = 500
@@ -309,6 +315,29 @@ def _set_bn_training(model: torch.nn.Module, train_bn: bool) -> None:
                 m.train()
 
 
+def _calibrate_bn(clip_model, dataset, batches: int, device, k: int) -> None:
+    """Running BatchNorm statistics := their average over `batches` batches of `dataset`
+    (cumulative, forward only); the modules' modes are restored afterwards."""
+    from mlvos.model.train.data import first_frame_masks
+
+    bns = [m for m in clip_model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+        m.train()
+    with torch.no_grad():
+        for i in range(batches):
+            items = [dataset[i * dataset.batch + j] for j in range(dataset.batch)]
+            batch = torch.utils.data.default_collate(items)
+            first, valid = first_frame_masks(batch["labels"].to(device),
+                                             batch["num_objects"].to(device), k)
+            clip_model(batch["frames"].to(device), first, valid)
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum = momentum
+        m.train(training)
+
+
 class _JsonLog:
     """Appends one JSON object per line; flushed each line so a killed run keeps its log."""
 
@@ -489,6 +518,15 @@ def _train(opts: TrainOptions, info, state, load_model, build_model) -> TrainRes
                           length=opts.steps * opts.batch)
     loader = make_loader(dataset, start_step=start_step, total_steps=opts.steps,
                          workers=opts.workers)
+    if opts.bn_calib and state is None:
+        if opts.train_bn:
+            raise InputError("--bn-calib re-estimates frozen BatchNorm statistics; it cannot be "
+                             "combined with --train-bn")
+        # Its own sample stream (another seed), so the training data is unchanged by it.
+        calib = ClipDataset(source, seed=opts.seed + 7919, rank=info.rank, batch=opts.batch,
+                            size=opts.size, max_objects=opts.max_objects, skip=skip,
+                            length=opts.bn_calib * opts.batch)
+        _calibrate_bn(clip_model, calib, opts.bn_calib, info.device, opts.max_objects)
 
     log = _JsonLog(out / LOG, info.is_main)
     tb = _tensorboard(out, opts.tensorboard and info.is_main)

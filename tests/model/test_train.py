@@ -232,3 +232,31 @@ def test_demo_recipe_trains_and_caches(tmp_path):
     train_demo_model(ckpt, minutes=0.02, threads=2)  # cached: not retrained
     assert ckpt.stat().st_mtime_ns == stamp
     load_model(ckpt)
+
+
+def test_bn_calib_sets_frozen_statistics_from_the_runs_data(tmp_path, capsys):
+    """--bn-calib: fresh statistics (not the init's), frozen during training (steps do not move
+    them), and refused together with --train-bn."""
+    assert run(["--stage", "main", "--out", str(tmp_path / "a"), "--steps", "1", *FAST]) == 0
+    init = tmp_path / "a" / "last.pt"
+    stats = {}
+    for name, calib in (("b", "0"), ("c", "3")):
+        out = tmp_path / name
+        assert run(["--stage", "main", "--init", str(init), "--out", str(out), "--steps", "2",
+                    "--bn-calib", calib, *FAST[2:]]) == 0
+        stats[name] = read_checkpoint(out / "last.pt")["model"]
+    before = read_checkpoint(init)["model"]
+    keys = [k for k in before if k.endswith("running_mean")]
+    assert keys
+    # Frozen without calibration: the init's statistics, bit for bit.
+    assert all(torch.equal(before[k], stats["b"][k]) for k in keys)
+    # Calibrated: different statistics, and the same ones a 1-step run gets (frozen afterwards).
+    assert not all(torch.equal(before[k], stats["c"][k]) for k in keys)
+    out = tmp_path / "d"
+    assert run(["--stage", "main", "--init", str(init), "--out", str(out), "--steps", "2",
+                "--stop-after", "1", "--bn-calib", "3", *FAST[2:]]) == 0
+    one = read_checkpoint(out / "last.pt")["model"]
+    assert all(torch.equal(one[k], stats["c"][k]) for k in keys)
+    assert run(["--stage", "main", "--init", str(init), "--out", str(tmp_path / "e"),
+                "--bn-calib", "2", "--train-bn", *FAST[2:]]) == 1
+    assert "cannot be combined with --train-bn" in capsys.readouterr().err
