@@ -9,20 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from mlvos.calib.options import (
-    CALIBRATORS,
-    CANDIDATES,
-    DEFAULT_CALIBRATOR,
-    DEFAULT_METHOD,
-    DEFAULT_SAMPLES,
-    DEFAULT_SELECTION,
-    KEEP_AUTO,
-    KEEP_CHOICES,
-    KEEP_MIN_GAIN,
-    METHODS,
-    MIN_SAMPLES,
-    SELECTIONS,
-)
+from mlvos.calib import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,40 +37,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--samples",
         type=int,
-        default=DEFAULT_SAMPLES,
-        help=f"calibration frames (each gives one input set per graph; >= {MIN_SAMPLES}; "
+        default=options.DEFAULT_SAMPLES,
+        help=f"calibration frames (each gives one input set per graph; >= {options.MIN_SAMPLES}; "
         "default: %(default)s)",
     )
     p.add_argument("--sequences", nargs="+", default=None, help="sequences of --data to use")
     p.add_argument("--split", default="val", help="split of --data (default: %(default)s)")
     p.add_argument(
         "--select",
-        choices=SELECTIONS,
-        default=DEFAULT_SELECTION,
+        choices=options.SELECTIONS,
+        default=options.DEFAULT_SELECTION,
         help="frame selection: evenly spaced or random (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of --select random")
     p.add_argument(
         "--method",
-        choices=METHODS,
-        default=DEFAULT_METHOD,
+        choices=options.METHODS,
+        default=options.DEFAULT_METHOD,
         help="quantizer (default: %(default)s)",
     )
     p.add_argument(
         "--calibrator",
-        choices=CALIBRATORS,
-        default=DEFAULT_CALIBRATOR,
+        choices=options.CALIBRATORS,
+        default=options.DEFAULT_CALIBRATOR,
         help="activation range calibration (default: %(default)s)",
     )
     p.add_argument(
         "--keep-fp32",
         nargs="+",
-        choices=KEEP_CHOICES,
-        default=[KEEP_AUTO],
+        choices=options.KEEP_CHOICES,
+        default=[options.KEEP_AUTO],
         metavar="PART",
-        help=f"parts kept in FP32: '{KEEP_AUTO}' (measure each candidate, keep those removing "
-        f">= {round(100 * KEEP_MIN_GAIN)}%% of a graph's error), 'none', or candidates from "
-        f"{', '.join(CANDIDATES)} (default: {KEEP_AUTO})",
+        help=f"parts kept in FP32: '{options.KEEP_AUTO}' (measure each candidate, keep those "
+        f"removing >= {round(100 * options.KEEP_MIN_GAIN)}%% of a graph's error), 'none', or "
+        f"candidates from {', '.join(options.CANDIDATES)} (default: {options.KEEP_AUTO})",
     )
     p.add_argument(
         "--mem-every", type=int, default=None, help="memory period of the propagations (5)"

@@ -33,20 +33,19 @@ import numpy as np
 
 from mlvos.errors import MlvosError, require
 from mlvos.runtime.predictor import STAGES, VideoPredictor
-from mlvos.runtime.profiler import (
-    STAGE_COLORS,
-    WORK_STAGES,
+from mlvos.runtime.profiling.measure import (
     SyntheticVideo,
-    TorchCudaTimer,
-    WallTimer,
-    parse_resolution,
-    plot_stage_bars,
+    model_stage_gmacs,
     run_video,
     stage_sum_check,
     summarize,
     synthetic_video,
     tflops,
 )
+from mlvos.runtime.profiling.plots import STAGE_COLORS, plot_stage_bars, pyplot, save_png
+from mlvos.runtime.profiling.probes import StageTimer, TorchCudaTimer, WallTimer
+from mlvos.runtime.profiling.report import csv_text, stage_cells, stage_columns
+from mlvos.runtime.profiling.sweeps import parse_resolution
 from mlvos.runtime.spec import DEFAULT_CAPACITY, pad_array, padded_size, padding_for
 
 GPU_FORMAT = "mlvos-gpu-check"
@@ -218,29 +217,19 @@ def _setup(chk: _Check, workdir: Path, cudnn_benchmark: bool) -> Path:
     return path
 
 
-def _gmacs(variant: str, h: int, w: int, objects: int, capacity: int) -> dict[str, float]:
-    from mlvos.model.flops import stage_costs
+@dataclass(frozen=True)
+class _Pass:
+    """What the sections of one precision share: the check, its runner and timer."""
 
-    c = stage_costs(variant, h, w, capacity)
-    g = {
-        "query_encoder": c.query_gmac,
-        "memory_encoder": objects * c.memory_gmac,
-        "read_decoder": objects * c.read_decode_gmac,
-    }
-    out = {st: g.get(st, 0.0) for st in WORK_STAGES}
-    out["total"] = sum(out.values())
-    return out
+    chk: _Check
+    runner: Any
+    timer: StageTimer
+    precision: str
 
 
-def _latency(
-    chk: _Check,
-    runner: Any,
-    timer: Any,
-    precision: str,
-    res: str,
-    video: SyntheticVideo,
-    budget: float,
-) -> dict[str, Any]:
+def _latency(ctx: _Pass, res: str, video: SyntheticVideo, budget: float) -> dict[str, Any]:
+    """Per-stage latency through the predictor and FPS without per-stage synchronization."""
+    chk, runner, timer, precision = ctx.chk, ctx.runner, ctx.timer, ctx.precision
     s, torch = chk.settings, chk.torch
     label, h, w = parse_resolution(res)
     cuda = runner.device.type == "cuda"
@@ -267,7 +256,7 @@ def _latency(
         "peak_device_mb": torch.cuda.max_memory_allocated(runner.device) / 2**20 if cuda else None,
     }
     try:
-        entry["gmacs"] = _gmacs(s.variant, h, w, video.objects, runner.capacity)
+        entry["gmacs"] = model_stage_gmacs(s.variant, h, w, video.objects, runner.capacity)
         entry["tflops"] = tflops(entry["gmacs"], device or wall)
     except Exception as e:  # the cost model is optional
         entry["gmacs_error"] = f"{type(e).__name__}: {e}"
@@ -334,16 +323,9 @@ def _time_calls(fn: Callable[[], Any], timer: Any, iters: int, deadline: float) 
     return times
 
 
-def _cuda_graphs(
-    chk: _Check,
-    runner: Any,
-    timer: Any,
-    precision: str,
-    res: str,
-    video: SyntheticVideo,
-    budget: float,
-) -> dict[str, Any]:
+def _cuda_graphs(ctx: _Pass, res: str, video: SyntheticVideo, budget: float) -> dict[str, Any]:
     """Eager vs CUDA-graph replay of encode_query and read_decode at fixed shapes."""
+    chk, runner, timer, precision = ctx.chk, ctx.runner, ctx.timer, ctx.precision
     torch = chk.torch
     deadline = time.perf_counter() + budget
     label, _, _ = parse_resolution(res)
@@ -459,38 +441,25 @@ def _precision_pass(
     cuda = runner.device.type == "cuda"
     timer = TorchCudaTimer(torch, runner.device) if cuda else WallTimer(runner.synchronize)
     n_lat = len(s.resolutions) * len(s.precisions)
+    ctx = _Pass(chk, runner, timer, precision)
     with runner:
-        for res in s.resolutions:
-            chk.section(
-                f"{precision} {res}: latency",
-                lambda res=res: _latency(
-                    chk,
-                    runner,
-                    timer,
-                    precision,
-                    res,
-                    videos(res, s.objects),
-                    min(LATENCY_SHARE * s.budget_s / n_lat, chk.left()),
-                ),
-            )
-        for res in s.resolutions:
-            if not cuda:
-                chk.report["sections"][f"{precision} {res}: cuda graphs"] = {
-                    "status": "skipped: needs CUDA"
-                }
-                continue
-            chk.section(
-                f"{precision} {res}: cuda graphs",
-                lambda res=res: _cuda_graphs(
-                    chk,
-                    runner,
-                    timer,
-                    precision,
-                    res,
-                    videos(res, s.objects),
-                    min(GRAPH_SHARE * s.budget_s / n_lat, chk.left()),
-                ),
-            )
+        # Every resolution's latency first, then every resolution's CUDA graphs.
+        for what, measure, share in (
+            ("latency", _latency, LATENCY_SHARE),
+            ("cuda graphs", _cuda_graphs, GRAPH_SHARE),
+        ):
+            budget = share * s.budget_s / n_lat  # of one (precision, resolution)
+            for res in s.resolutions:
+                name = f"{precision} {res}: {what}"
+                if measure is _cuda_graphs and not cuda:
+                    chk.report["sections"][name] = {"status": "skipped: needs CUDA"}
+                    continue
+                chk.section(
+                    name,
+                    lambda measure=measure, res=res, budget=budget: measure(
+                        ctx, res, videos(res, s.objects), min(budget, chk.left())
+                    ),
+                )
         res = s.resolutions[0]
         objects = max(2, s.objects)
         chk.section(
@@ -533,10 +502,8 @@ def _agreement_report(chk: _Check, agreement: dict[str, dict], video: SyntheticV
 
 
 def _plots(chk: _Check) -> None:
-    from mlvos.runtime.profiler import _pyplot, _save
-
     try:
-        plt = _pyplot()
+        plt = pyplot()
     except ImportError as e:
         chk.report["plots"] = f"skipped: matplotlib is not installed ({e})"
         return
@@ -552,7 +519,7 @@ def _plots(chk: _Check) -> None:
             f"per-stage latency ({key} time, {configs[0]['objects']} object(s))",
             fontsize=10,
         )
-        _save(fig, chk.out / "gpu_latency.png")
+        save_png(fig, chk.out / "gpu_latency.png")
         plt.close(fig)
     graphs = chk.report["cuda_graphs"]
     if graphs:
@@ -575,55 +542,22 @@ def _plots(chk: _Check) -> None:
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title("CUDA graphs off (light) vs on (dark)", fontsize=10)
-        _save(fig, chk.out / "gpu_cuda_graphs.png")
+        save_png(fig, chk.out / "gpu_cuda_graphs.png")
         plt.close(fig)
 
 
 def _csv(chk: _Check) -> None:
     from mlvos.fileio import atomic_write_text
-    from mlvos.runtime.profiler import _csv_text
 
+    device_stats = ("mean", "p90")
     rows = []
     for c in chk.report["configs"]:
         for st in STAGES:
-            w, d = c["wall"][st], (c.get("device") or {}).get(st) or {}
-            rows.append(
-                [
-                    c["precision"],
-                    c["resolution"],
-                    c["objects"],
-                    st,
-                    w["n"],
-                    w["mean"],
-                    w["p50"],
-                    w["p90"],
-                    w["p99"],
-                    w["fps"],
-                    d.get("mean"),
-                    d.get("p90"),
-                    (c.get("gmacs") or {}).get(st),
-                    (c.get("tflops") or {}).get(st),
-                    c.get("peak_device_mb"),
-                ]
-            )
-    header = [
-        "precision",
-        "resolution",
-        "objects",
-        "stage",
-        "frames",
-        "mean_ms",
-        "p50_ms",
-        "p90_ms",
-        "p99_ms",
-        "fps",
-        "device_mean_ms",
-        "device_p90_ms",
-        "gmacs",
-        "tflops",
-        "peak_device_mb",
-    ]
-    atomic_write_text(chk.out / "gpu_check.csv", _csv_text(header, rows))
+            config = [c["precision"], c["resolution"], c["objects"], st]
+            rows.append([*config, *stage_cells(c, st, device_stats), c.get("peak_device_mb")])
+    header = ["precision", "resolution", "objects", "stage"]
+    header += [*stage_columns(device_stats), "peak_device_mb"]
+    atomic_write_text(chk.out / "gpu_check.csv", csv_text(header, rows))
 
 
 def final_table(report: dict[str, Any]) -> str:

@@ -104,7 +104,32 @@ def _canvas(render) -> Canvas:
     return Canvas(height=int(render[0]), width=int(render[1]))
 
 
-class SynthVideoSource(ClipSource):
+class _SynthSource(ClipSource):
+    """Base of the synthetic sources: the canvas scenes are rendered on and their object count.
+
+    Args:
+        render: Canvas, (H, W), or None (render at the crop size).
+        scene_objects: (min, max) objects per rendered scene.
+    """
+
+    def __init__(self, render=None, scene_objects: tuple[int, int] = (1, 5)):
+        self.canvas = _canvas(render)
+        self.scene_objects = scene_objects
+
+    def _scene(self, rng: np.random.Generator, size: int, frames: int):
+        """A SynthSequence of `frames` frames on a canvas drawn for a size x size crop.
+
+        Returns:
+            (sequence, canvas height, canvas width).
+        """
+        from mlvos.data.synth import SynthSequence
+
+        h, w = self.canvas.draw(rng, size)
+        lo, hi = self.scene_objects
+        return SynthSequence(rng, frames, h, w, min_objects=lo, max_objects=max(lo, hi)), h, w
+
+
+class SynthVideoSource(_SynthSource):
     """Fresh procedural sequences (mlvos.data.synth): frames 0, then steps of 1..max_skip,
     a random crop around the objects, and up to `max_objects` of them as targets.
 
@@ -117,17 +142,8 @@ class SynthVideoSource(ClipSource):
 
     name = "synth"
 
-    def __init__(self, render=None, scene_objects: tuple[int, int] = (1, 5)):
-        self.canvas = _canvas(render)
-        self.scene_objects = scene_objects
-
     def sample(self, rng, *, size, max_objects, max_skip):
-        from mlvos.data.synth import SynthSequence
-
-        h, w = self.canvas.draw(rng, size)
-        lo, hi = self.scene_objects
-        seq = SynthSequence(rng, max(5, NUM_FRAMES * max(1, max_skip)), h, w,
-                            min_objects=lo, max_objects=max(lo, hi))
+        seq, _, _ = self._scene(rng, size, max(5, NUM_FRAMES * max(1, max_skip)))
         steps = rng.integers(1, max(1, max_skip) + 1, size=NUM_FRAMES - 1)
         times = np.concatenate([[0], np.cumsum(steps)]).astype(float)
         pairs = [seq.render(t) for t in times]
@@ -135,7 +151,7 @@ class SynthVideoSource(ClipSource):
                                  max_skip=1, crop=size, max_objects=max_objects)
 
 
-class SynthStaticSource(ClipSource):
+class SynthStaticSource(_SynthSource):
     """One synthetic frame simulated into a clip by random affine + elastic warps (pre-training
     without a static image dataset; same simulation as StaticSource).
 
@@ -147,16 +163,8 @@ class SynthStaticSource(ClipSource):
 
     name = "synth-static"
 
-    def __init__(self, render=None, scene_objects: tuple[int, int] = (1, 5)):
-        self.canvas = _canvas(render)
-        self.scene_objects = scene_objects
-
     def sample(self, rng, *, size, max_objects, max_skip):
-        from mlvos.data.synth import SynthSequence
-
-        h, w = self.canvas.draw(rng, size)
-        lo, hi = self.scene_objects
-        seq = SynthSequence(rng, 1, h, w, min_objects=lo, max_objects=max(lo, hi))
+        seq, h, w = self._scene(rng, size, 1)
         image, mask = seq.render(float(rng.uniform(0, 50)))
         zoom = (0.85, 1.15)  # simulate_clip's default
         if (h, w) != (size, size):

@@ -17,7 +17,6 @@ from mlvos.runtime.profiler import (
     StageTimer,
     TimedRunner,
     WallTimer,
-    _disc_video,
     comparable_metrics,
     compare_reports,
     host_memory,
@@ -27,6 +26,7 @@ from mlvos.runtime.profiler import (
     summarize,
     timer_for,
 )
+from mlvos.runtime.profiling.measure import _disc_video
 
 
 def test_summarize_percentiles_and_fps():
