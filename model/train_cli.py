@@ -2,7 +2,7 @@
 
     mlvos train --stage pretrain --variant tiny --out runs/pre [--static IMGS:MASKS] ...
     mlvos train --stage main --init runs/pre/last.pt --out runs/main --data synth ...
-    mlvos train --stage finetune --init runs/main/last.pt --out runs/ft \
+    mlvos train --stage finetune --init runs/main/last.pt --out runs/ft \\
                 --video DAVIS/JPEGImages/480p/bear --mask DAVIS/Annotations/480p/bear/00000.png
     mlvos train --resume runs/main [--steps N] [--time-limit MIN]
     torchrun --nproc_per_node 4 -m mlvos.cli train --stage main ...       (DDP, NCCL on CUDA)
@@ -91,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--bn-calib", type=int, default=_S, metavar="BATCHES",
                    help="re-estimate the frozen BatchNorm statistics on this many batches of "
                    "the run's data before training (fresh runs; default 0 = off)")
+    o.add_argument("--mirror-init", action="store_true", default=_S,
+                   help="fresh model: memory encoder starts as a copy of the query encoder "
+                   "(memory read starts as self-matching; faster from scratch)")
     o.add_argument("--seed", type=int, default=_S, help="run seed (default 0)")
     o.add_argument("--amp", action=argparse.BooleanOptionalAction, default=_S,
                    help="mixed precision (default: on with CUDA; CUDA only)")

@@ -12,7 +12,7 @@ from pathlib import Path
 from mlvos.errors import CheckpointError
 
 # Bump when the recipe changes, so cached demo checkpoints are retrained.
-DEMO_RECIPE = 3
+DEMO_RECIPE = 5
 
 
 def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2) -> list[dict]:
@@ -35,15 +35,15 @@ def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2) -> li
               "workers": 1, "save_every": 100, "log_every": 20}
     return [
         {**common, "stage": "pretrain", "variant": "tiny", "data": ["synth"], "size": 128,
-         "batch": 4, "max_objects": 5, "steps": 500, "time_limit": 0.22 * minutes,
-         "train_bn": True},
+         "batch": 4, "max_objects": 2, "steps": 500, "time_limit": 0.22 * minutes,
+         "train_bn": True, "mirror_init": True},
         {**common, "stage": "main", "data": ["synth:480x480"], "size": 320, "batch": 2,
-         "bn_calib": 24,
-         "max_objects": 3, "max_skip": (5, 15), "schedule": "cosine", "steps": 420,
+         "bn_calib": 24, "loss": "bootstrap",
+         "max_objects": 2, "max_skip": (5, 15), "schedule": "cosine", "steps": 420,
          "time_limit": 0.33 * minutes},
         {**common, "stage": "main", "data": ["synth:480x854"], "size": 448, "batch": 1,
-         "bn_calib": 32,
-         "max_objects": 5, "max_skip": (5, 15), "schedule": "cosine", "steps": 350,
+         "bn_calib": 32, "loss": "bootstrap",
+         "max_objects": 3, "max_skip": (5, 15), "schedule": "cosine", "steps": 350,
          "lr": 5e-4, "time_limit": 0.45 * minutes},
     ]
 
