@@ -91,9 +91,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--bn-calib", type=int, default=_S, metavar="BATCHES",
                    help="re-estimate the frozen BatchNorm statistics on this many batches of "
                    "the run's data before training (fresh runs; default 0 = off)")
-    o.add_argument("--mirror-init", action="store_true", default=_S,
-                   help="fresh model: memory encoder starts as a copy of the query encoder "
-                   "(memory read starts as self-matching; faster from scratch)")
     o.add_argument("--seed", type=int, default=_S, help="run seed (default 0)")
     o.add_argument("--amp", action=argparse.BooleanOptionalAction, default=_S,
                    help="mixed precision (default: on with CUDA; CUDA only)")

@@ -72,8 +72,6 @@ class TrainOptions:
             training at batch 1-4 teaches the network per-batch normalization that the running
             averages do not reproduce at inference; a frozen, recalibrated run trains exactly
             as it will be evaluated. 0 = off.
-        mirror_init: a fresh model (--variant) starts with its memory encoder a copy of its
-            query encoder and the mask inputs at zero (see mirror_memory_encoder).
         workers: DataLoader worker processes; seed: run seed.
         save_every: checkpoint period in steps; keep_checkpoints: also keep step-NNNNNN.pt.
         amp: mixed precision (None = on with CUDA; CUDA only).
@@ -111,7 +109,6 @@ class TrainOptions:
     loss: str = "ce"
     train_bn: bool = False
     bn_calib: int = 0
-    mirror_init: bool = False
     workers: int = 0
     seed: int = 0
     save_every: int = 500
@@ -318,25 +315,6 @@ def _set_bn_training(model: torch.nn.Module, train_bn: bool) -> None:
                 m.train()
 
 
-def mirror_memory_encoder(net) -> None:
-    """Copy the query encoder's weights into the memory encoder and zero its mask inputs.
-
-    Memory keys then start equal to the query keys of the same frame, so the memory read
-    starts as self-matching, the reason STCN shares one key encoder, instead of having to
-    learn a match between two random encoders (what a short from-scratch run cannot afford:
-    objects are then told apart by saliency, not by memory). Training moves them apart
-    freely; the mask inputs get gradients from the first step.
-    """
-    state = net.query_encoder.state_dict()
-    missing, unexpected = net.memory_encoder.load_state_dict(state, strict=False)
-    if unexpected or any("extra_convs" not in k for k in missing):
-        raise InputError(f"--mirror-init: the encoders differ beyond the mask inputs "
-                         f"(missing {missing}, unexpected {unexpected})")
-    with torch.no_grad():
-        for k in missing:
-            net.memory_encoder.get_parameter(k).zero_()
-
-
 def _calibrate_bn(clip_model, dataset, batches: int, device, k: int) -> None:
     """Running BatchNorm statistics := their average over `batches` batches of `dataset`
     (cumulative, forward only); the modules' modes are restored afterwards."""
@@ -497,8 +475,6 @@ def _train(opts: TrainOptions, info, state, load_model, build_model) -> TrainRes
             }]
         else:
             net = build_model(opts.variant, seed=opts.seed)
-            if opts.mirror_init:
-                mirror_memory_encoder(net)
         start_step, elapsed_before = 0, 0.0
 
     _prepare_out(out, opts, info)

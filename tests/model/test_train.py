@@ -261,21 +261,3 @@ def test_bn_calib_sets_frozen_statistics_from_the_runs_data(tmp_path, capsys):
                 "--bn-calib", "2", "--train-bn", *FAST[2:]]) == 1
     assert "cannot be combined with --train-bn" in capsys.readouterr().err
 
-
-def test_mirror_init_starts_memory_keys_equal_to_query_keys(tmp_path):
-    from mlvos.model.registry import build_model
-    from mlvos.model.train.trainer import mirror_memory_encoder
-
-    net = build_model("tiny", seed=0).eval()
-    x = torch.randint(0, 256, (1, 3, 64, 96)).float()
-    probs = torch.rand(2, 64, 96)
-    with torch.no_grad():
-        assert not torch.allclose(net.encode_query(x)[0], net.encode_memory(x, probs)[0][:1])
-        mirror_memory_encoder(net)
-        query_key = net.encode_query(x)[0]
-        memory_key = net.encode_memory(x, probs)[0]  # mask inputs are zero: same for each object
-    torch.testing.assert_close(memory_key, query_key.expand_as(memory_key))
-    out = tmp_path / "m"
-    assert run(["--stage", "pretrain", "--out", str(out), "--steps", "1", "--mirror-init",
-                *FAST]) == 0
-    assert read_checkpoint(out / "last.pt")["extra"]["train"]["options"]["mirror_init"]
