@@ -53,12 +53,23 @@ PROFILE_DIR  ?= .cache/profile
 PROFILE_ARGS ?= --resolutions 480p,720p,1080p --objects 1,2 --long 40 --warmup 2 --iters 5
 OUT ?= .cache/gpu-check
 
-.PHONY: profile gpu-check
+.PHONY: profile gpu-check run
 $(PROFILE_DIR)/tiny.pt: | $(STAMP)
 	$(BIN)/mlvos model init --variant tiny --out $@
 
 profile: $(STAMP) $(PROFILE_DIR)/tiny.pt ## CPU latency profile: tiny on onnxruntime (PROFILE_ARGS=...)
 	$(BIN)/mlvos profile --checkpoint $(PROFILE_DIR)/tiny.pt --backend ort --out $(PROFILE_DIR)/report $(PROFILE_ARGS)
+
+# `make run`: the runtime CLI on one synthetic video of the demo (its export is made by
+# `make demo` if absent): palette PNGs and an overlay video in $(RUN_DIR).
+DEMO_DATA ?= .cache/demo/val-3x25-s2026
+RUN_SEQ   ?= synth-0000
+RUN_DIR   ?= .cache/run
+
+run: $(STAMP) .cache/demo/export/manifest.json ## mlvos run on a synthetic demo video (ORT CPU; RUN_ARGS=...)
+	$(BIN)/mlvos run --model .cache/demo/export --input $(DEMO_DATA)/JPEGImages/480p/$(RUN_SEQ) \
+		--mask $(DEMO_DATA)/Annotations/480p/$(RUN_SEQ)/00000.png --out $(RUN_DIR)/masks \
+		--overlay $(RUN_DIR)/overlay.mp4 $(RUN_ARGS)
 
 gpu-check: $(STAMP) ## time-boxed GPU check: torch backend, paper, FP16/FP32 (OUT=dir)
 	$(BIN)/mlvos profile gpu-check --out $(OUT)
