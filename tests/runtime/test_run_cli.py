@@ -1,0 +1,94 @@
+"""`mlvos run` end to end on a tiny export: outputs, summary, backends, and the bad-input errors."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from mlvos.cli import main  # noqa: E402
+from mlvos.data.palette import read_mask, write_frame, write_mask  # noqa: E402
+from mlvos.data.synth import synth_sequence  # noqa: E402
+from mlvos.export.api import export_checkpoint  # noqa: E402
+from mlvos.model.checkpoint import save_checkpoint  # noqa: E402
+from mlvos.model.registry import build_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runcli")
+    model = build_model("tiny", seed=0)
+    with torch.no_grad():  # decisive decisions (see test_predictor_ort)
+        model.decoder.pred.weight.mul_(20.0)
+        model.decoder.pred.bias.mul_(20.0)
+    ckpt = save_checkpoint(root / "tiny.pt", model)
+    return export_checkpoint(ckpt, root / "export", precisions=("fp32",), capacity=3, log=None)
+
+
+@pytest.fixture
+def video(tmp_path):
+    frames = tmp_path / "frames"
+    seq = list(synth_sequence(3, 6, 64, 96, num_objects=2))
+    for i, (frame, _) in enumerate(seq):
+        write_frame(frames / f"{i:05d}.jpg", frame)
+    mask = tmp_path / "first.png"
+    write_mask(mask, seq[0][1])
+    return frames, mask, seq
+
+
+def _run(export_dir, frames, mask, out, *extra):
+    return main(["run", "--model", str(export_dir), "--input", str(frames), "--mask", str(mask),
+                 "--out", str(out), *extra])
+
+
+@pytest.mark.parametrize("backend", ["ort", "torch"])
+def test_run_writes_a_mask_per_frame_and_a_summary(export_dir, video, tmp_path, capsys, backend):
+    frames, mask, seq = video
+    out = tmp_path / "masks"
+    extra = ["--backend", backend, "--overlay", str(tmp_path / "overlay.mp4")]
+    assert _run(export_dir, frames, mask, out, *extra) == 0
+    written = sorted(out.glob("*.png"))
+    assert [p.stem for p in written] == [f"{i:05d}" for i in range(len(seq))]
+    first = read_mask(written[0])
+    assert np.array_equal(first, seq[0][1])  # the annotated frame is its ground truth
+    ids = set(np.unique(np.concatenate([read_mask(p).ravel() for p in written])))
+    assert ids <= set(np.unique(seq[0][1]))  # only the annotated ids (palette kept)
+    assert (tmp_path / "overlay.mp4").stat().st_size > 0
+    text = capsys.readouterr().out
+    assert "6 frames in" in text and "FPS" in text and "read_decoder" in text
+
+
+def test_run_max_side_keeps_the_input_size(export_dir, video, tmp_path):
+    frames, mask, seq = video
+    out = tmp_path / "masks"
+    assert _run(export_dir, frames, mask, out, "--max-side", "64") == 0
+    assert all(read_mask(p).shape == (64, 96) for p in out.glob("*.png"))
+
+
+def test_frames_of_differing_sizes_are_refused(export_dir, video, tmp_path, capsys):
+    frames, mask, seq = video
+    write_frame(frames / "00003.jpg", np.zeros((80, 96, 3), np.uint8))
+    assert _run(export_dir, frames, mask, tmp_path / "o") == 1
+    err = capsys.readouterr().err
+    assert "frame 3 is 80x96" in err and "same size" in err
+
+
+def test_mask_of_another_size_is_refused(export_dir, video, tmp_path, capsys):
+    frames, _, _ = video
+    mask = tmp_path / "small.png"
+    write_mask(mask, np.ones((32, 48), np.uint8))
+    assert _run(export_dir, frames, mask, tmp_path / "o") == 1
+    assert "mask is 32x48 but the frame is 64x96" in capsys.readouterr().err
+
+
+def test_unreadable_frame_is_named(export_dir, video, tmp_path, capsys):
+    frames, mask, _ = video
+    (frames / "00002.jpg").write_bytes(b"not a jpeg")
+    assert _run(export_dir, frames, mask, tmp_path / "o") == 1
+    assert "00002.jpg" in capsys.readouterr().err
+
+
+def test_missing_input_is_a_clean_error(export_dir, video, tmp_path, capsys):
+    _, mask, _ = video
+    assert _run(export_dir, tmp_path / "nope", mask, tmp_path / "o") == 1
+    assert "neither a folder of images nor a video" in capsys.readouterr().err
