@@ -6,28 +6,17 @@ import shutil
 import pytest
 
 pytest.importorskip("onnxruntime")
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
 from mlvos.data.metrics import label_map_iou  # noqa: E402
-from mlvos.export.api import export_checkpoint  # noqa: E402
-from mlvos.model.checkpoint import save_checkpoint  # noqa: E402
-from mlvos.model.registry import build_model  # noqa: E402
 from mlvos.runtime.loader import open_runner  # noqa: E402
 from mlvos.runtime.manifest import ManifestError  # noqa: E402
 from mlvos.runtime.predictor import VideoPredictor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ort")
-    model = build_model("tiny", seed=0)
-    # A random model predicts near-ties that any rounding flips; a steeper last conv makes its
-    # decisions decisive, so label comparisons test the graphs rather than ties.
-    with torch.no_grad():
-        model.decoder.pred.weight.mul_(20.0)
-        model.decoder.pred.bias.mul_(20.0)
-    ckpt = save_checkpoint(root / "tiny.pt", model)
-    return export_checkpoint(ckpt, root / "export", capacity=4, log=None)
+def export_dir(decisive_export):
+    return decisive_export(capacity=4)
 
 
 def _video(n=8, h=90, w=120):

@@ -4,25 +4,16 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
 from mlvos.cli import main  # noqa: E402
 from mlvos.data.palette import read_mask, write_frame, write_mask  # noqa: E402
 from mlvos.data.synth import synth_sequence  # noqa: E402
-from mlvos.export.api import export_checkpoint  # noqa: E402
-from mlvos.model.checkpoint import save_checkpoint  # noqa: E402
-from mlvos.model.registry import build_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runcli")
-    model = build_model("tiny", seed=0)
-    with torch.no_grad():  # decisive decisions (see test_predictor_ort)
-        model.decoder.pred.weight.mul_(20.0)
-        model.decoder.pred.bias.mul_(20.0)
-    ckpt = save_checkpoint(root / "tiny.pt", model)
-    return export_checkpoint(ckpt, root / "export", precisions=("fp32",), capacity=3, log=None)
+def export_dir(decisive_export):
+    return decisive_export(precisions=("fp32",), capacity=3)
 
 
 @pytest.fixture
