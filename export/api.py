@@ -109,6 +109,7 @@ def export_checkpoint(
     representative_objects: int = 2,
     seed: int = 0,
     log: Log | None = print,
+    gate_end_to_end: bool = True,
 ) -> Path:
     """Export a checkpoint to the three ONNX graphs, write manifest.json, copy the checkpoint,
     and (unless validate=False) validate against PyTorch into validation.json.
@@ -130,6 +131,7 @@ def export_checkpoint(
         representative_frames / representative_objects / seed: that video's length, object
             count and seed.
         log: progress sink (one line per step); None = silent.
+        gate_end_to_end: see validate.validate_export (False: report, do not fail).
 
     Returns:
         Path of the export directory.
@@ -247,7 +249,8 @@ def export_checkpoint(
             }
             try:
                 report = validate_export(
-                    tmp, model=model, samples=samples, precomputed=precomputed
+                    tmp, model=model, samples=samples, precomputed=precomputed,
+                    gate_end_to_end=gate_end_to_end,
                 )
             except ValidationFailedError as e:
                 # The export is discarded, but its report is what the user needs to act on.

@@ -207,6 +207,7 @@ def summary(report: dict[str, Any]) -> list[str]:
             )
             parts.append(f"{precision} max rel err {worst:.2g}")
         lines.append(f"{graph}: " + ", ".join(parts))
+    lines += [f"warning (not gated): {w}" for w in report.get("warnings", [])]
     return lines
 
 
@@ -217,6 +218,7 @@ def validate_export(
     samples: dict[str, Samples] | None = None,
     precomputed: dict[tuple[str, str, str], list[dict[str, np.ndarray]]] | None = None,
     raise_on_failure: bool = True,
+    gate_end_to_end: bool = True,
 ) -> dict[str, Any]:
     """Validate an export directory and write its validation.json.
 
@@ -227,6 +229,9 @@ def validate_export(
             from manifest["representative"] (deterministic).
         precomputed: onnxruntime outputs already computed (see validate_graphs).
         raise_on_failure: raise ValidationFailedError listing every failure.
+        gate_end_to_end: False records the end-to-end comparison (its misses go to "warnings")
+            without failing on it: for models whose own decisions are near ties (a few minutes
+            of training), where any rounding difference flips labels that then propagate.
 
     Returns:
         The report written to validation.json.
@@ -246,16 +251,21 @@ def validate_export(
     graphs, graph_failures = validate_graphs(export_dir, manifest, samples, precomputed)
     failures = file_problems + graph_failures
     end_to_end = None
+    warnings: list[str] = []
     if not file_problems:
         from mlvos.export.end_to_end import validate_end_to_end
 
         end_to_end, e2e_failures = validate_end_to_end(export_dir, manifest)
-        failures += e2e_failures
+        if gate_end_to_end:
+            failures += e2e_failures
+        else:
+            warnings += e2e_failures
     report = {
         "format": VALIDATION_FORMAT,
         "format_version": VALIDATION_VERSION,
         "passed": not failures,
         "failures": failures,
+        "warnings": warnings,
         "files_ok": not file_problems,
         "tolerances": TOLERANCES,
         "data": manifest["representative"],

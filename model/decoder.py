@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,12 +75,22 @@ def soft_aggregate_logits(
         (..., O+1, H, W) logits whose softmax over dim -3 is the aggregated distribution,
         background first. Kept in float32 (the clamp at 1e-7 is not representable in float16).
     """
-    p = torch.sigmoid(fg_logits.float())
+    # STM's formula is logit(clamp(p, eps, 1 - eps)) for each object and for the background
+    # prod(1 - p). It is computed here without forming p near 1, where float32 rounds
+    # sigmoid(x) to steps of 6e-8: logit(clamp(sigmoid(x))) == clamp(x, -lim, lim) exactly,
+    # and 1 - p == sigmoid(-x). Through the rounded form, a 1-ulp difference between two
+    # backends' sigmoid moved a confident object's logit by up to ~0.1 and flipped labels
+    # between confident objects; now saturated objects tie exactly (argmax: first) everywhere.
+    x = fg_logits.float()
+    lim = math.log((1.0 - AGG_EPS) / AGG_EPS)
+    obj = x.clamp(-lim, lim)
+    one_minus_p = torch.sigmoid(-x)
     if obj_valid is not None:
-        p = p * obj_valid.to(p.dtype)[..., None, None]
-    bg = torch.prod(1.0 - p, dim=-3, keepdim=True)
-    em = torch.cat([bg, p], dim=-3).clamp(AGG_EPS, 1.0 - AGG_EPS)
-    return torch.log(em / (1.0 - em))
+        valid = obj_valid.to(x.dtype)[..., None, None] > 0
+        obj = torch.where(valid, obj, torch.full_like(obj, -lim))
+        one_minus_p = torch.where(valid, one_minus_p, torch.ones_like(one_minus_p))
+    bg = torch.prod(one_minus_p, dim=-3, keepdim=True).clamp(AGG_EPS, 1.0 - AGG_EPS)
+    return torch.cat([torch.log(bg / (1.0 - bg)), obj], dim=-3)
 
 
 def soft_aggregate(fg_logits: torch.Tensor) -> torch.Tensor:
