@@ -195,9 +195,13 @@ class VideoPredictor:
             slot, invalid = self.policy.place(t, kind)
             n = len(self.ids)
             runner.write_slot(slot, key, value, n)
+            before = self.valid.copy()  # (objects, capacity): a few bytes
             self.valid[:, invalid] = 0
             self.valid[:n, slot] = 1
-            runner.set_valid(self.valid)
+            # Once the bank is full the table repeats frame after frame (the temporary slot
+            # is rewritten in place); upload it only when it changes.
+            if not np.array_equal(before, self.valid):
+                runner.set_valid(self.valid)
             clock.lap("memory_encoder")
         self.t += 1
         out = self._to_ids(slots)

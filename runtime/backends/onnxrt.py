@@ -219,13 +219,10 @@ class OrtBoundRunner(OrtRunner):
     per-frame copy or allocation of the bank happens.
     """
 
-    name = "ort"
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.device = "cuda" if self.providers[0] in GPU_PROVIDERS else "cpu"
         self.copies = _CudaCopies(self.device_id) if self.device == "cuda" else _HostCopies()
-        self.bank_key = self.bank_value = None
         self.valid_value = None
         self.bank_objects = 0
 

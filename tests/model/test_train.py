@@ -30,14 +30,6 @@ def _losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in _log(out) if "loss" in r}
 
 
-@pytest.fixture(scope="module")
-def davis(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "D"
-    make_synthetic_dataset(root, sequences=2, frames=6, seed=5, height=64, width=80,
-                           split="train")
-    return root
-
-
 @pytest.mark.parametrize("stage,extra", [
     ("pretrain", []),
     ("main", ["--data", "synth", "--max-skip", "2,6"]),

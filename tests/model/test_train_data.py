@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mlvos.data.palette import write_frame, write_mask
-from mlvos.data.synth import SynthSequence, make_synthetic_dataset
+from mlvos.data.synth import SynthSequence
 from mlvos.errors import DatasetError, InputError
 from mlvos.model.train.data import (
     Canvas,
@@ -45,14 +45,6 @@ def _check_item(item, size, k=3):
     assert set(item["labels"][0].unique().tolist()) == set(range(n + 1))
 
 
-@pytest.fixture(scope="module")
-def davis_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("davis") / "D"
-    make_synthetic_dataset(root, sequences=2, frames=6, seed=3, height=64, width=96,
-                           split="train")
-    return root
-
-
 @pytest.mark.parametrize("source", [SynthVideoSource(), SynthVideoSource((96, 128)),
                                     SynthVideoSource(Canvas.parse("64-160")),
                                     SynthStaticSource(), SynthStaticSource((96, 96)),
@@ -68,8 +60,8 @@ def test_synthetic_sources_give_valid_deterministic_clips(source):
     assert not torch.equal(a["frames"], other["frames"])  # ranks draw different streams
 
 
-def test_video_source_reads_davis_layout(davis_root):
-    src = build_source("main", [f"davis:{davis_root}"], split="train")
+def test_video_source_reads_davis_layout(davis):
+    src = build_source("main", [f"davis:{davis}"], split="train")
     ds = _dataset(src, size=48, skip=lambda s: 3)
     for n in range(4):
         _check_item(ds[n], 48)
