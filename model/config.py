@@ -10,6 +10,7 @@ from mlvos.errors import ConfigError
 
 BLOCKS = ("basic", "bottleneck")
 PYRAMIDS = ("up", "down")
+SIMILARITIES = ("dot", "l2")
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,11 @@ class ModelConfig:
         key_dim / value_dim: channels of the key (128 in STM) and value (512) projections.
         decoder_dim: width of the refine decoder (256 in STM).
         freeze_bn: keep BatchNorm statistics frozen during training (STM's encoders do).
+        shared_key: memory keys come from the query encoder (frame only), as STCN: the affinity
+            is then object-agnostic and both sides of the read live in one key space; the
+            memory encoder produces values only. False = STM (keys from the memory encoder).
+        similarity: "dot" (STM: q.k / sqrt(Ck)) or "l2" (STCN: -|q - k|^2 / sqrt(Ck), which
+            drops the query-only term and adds -|k|^2 / sqrt(Ck) as a per-position bias).
     """
 
     query_backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -101,6 +107,8 @@ class ModelConfig:
     value_dim: int = 512
     decoder_dim: int = 256
     freeze_bn: bool = True
+    shared_key: bool = False
+    similarity: str = "dot"
 
     @property
     def memory(self) -> BackboneConfig:
@@ -114,6 +122,10 @@ class ModelConfig:
     def validate(self) -> None:
         self.query_backbone.validate()
         self.memory.validate()
+        if self.similarity not in SIMILARITIES:
+            raise ConfigError(
+                f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}"
+            )
         for name in ("key_dim", "value_dim", "decoder_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -64,19 +64,39 @@ class QueryEncoder(nn.Module):
         key, value = self.kv(f16)
         return QueryFeatures(key, value, f8, f4)
 
+    def key_only(self, frame: torch.Tensor) -> torch.Tensor:
+        """(B, Ck, h, w) query key of B frames (the memory key when keys are shared)."""
+        _, _, f16 = self.backbone(self.normalize(frame))
+        return self.kv.key(f16)
+
+
+class ValueOnly(nn.Module):
+    """The value half of KeyValue, for a memory encoder whose keys come from the query encoder."""
+
+    def __init__(self, in_dim: int, value_dim: int):
+        super().__init__()
+        self.value = nn.Conv2d(in_dim, value_dim, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, self.value(x)
+
 
 class MemoryEncoder(nn.Module):
-    """Frame + object probability + "others" probability, fused before the stem's BN (STM)."""
+    """Frame + object probability + "others" probability, fused before the stem's BN (STM).
 
-    def __init__(self, cfg: BackboneConfig, key_dim: int, value_dim: int):
+    With key_dim None (shared keys) it has no key projection and returns key None.
+    """
+
+    def __init__(self, cfg: BackboneConfig, key_dim: int | None, value_dim: int):
         super().__init__()
         self.normalize = Normalize()
         self.backbone = MultiLevelBackbone(cfg, extra_stem_inputs=2)
-        self.kv = KeyValue(cfg.feature_channels()[2], key_dim, value_dim)
+        c16 = cfg.feature_channels()[2]
+        self.kv = ValueOnly(c16, value_dim) if key_dim is None else KeyValue(c16, key_dim, value_dim)
 
     def forward(
         self, frame: torch.Tensor, probs: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Encode B frames with K object slots each.
 
         Args:
@@ -84,7 +104,8 @@ class MemoryEncoder(nn.Module):
             probs: (B, K, H, W) float in [0, 1], object probabilities (0 for empty slots).
 
         Returns:
-            key (B*K, Ck, h, w) and value (B*K, Cv, h, w), objects of a frame contiguous.
+            key (B*K, Ck, h, w) or None (shared keys) and value (B*K, Cv, h, w), objects of a
+            frame contiguous.
         """
         b, k, h, w = probs.shape
         x = self.normalize(frame)

@@ -35,7 +35,9 @@ class STMNet(nn.Module):
         self.config = config
         self.variant = variant
         self.query_encoder = QueryEncoder(config.query_backbone, config.key_dim, config.value_dim)
-        self.memory_encoder = MemoryEncoder(config.memory, config.key_dim, config.value_dim)
+        self.memory_encoder = MemoryEncoder(
+            config.memory, None if config.shared_key else config.key_dim, config.value_dim
+        )
         c4, c8, _ = config.query_backbone.feature_channels()
         self.decoder = Decoder(2 * config.value_dim, c8, c4, config.decoder_dim)
 
@@ -69,12 +71,29 @@ class STMNet(nn.Module):
             probs: (O, H, W) float object probabilities in [0, 1] (soft, not binarized).
 
         Returns:
-            key (O, Ck, H/16, W/16) and value (O, Cv, H/16, W/16).
+            key (O, Ck, H/16, W/16) and value (O, Cv, H/16, W/16). With shared keys the key is
+            the query encoder's key of `frame`, the same for every object.
         """
         if _checking():
             self.check_frame(frame)
             self.check_probs(probs, frame)
-        return self.memory_encoder(frame, probs.unsqueeze(0))
+        return self.memory_kv(frame, probs.unsqueeze(0))
+
+    def memory_kv(
+        self, frame: torch.Tensor, probs: torch.Tensor, key: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched memory encoding (training): frame (B, 3, H, W), probs (B, K, H, W).
+
+        key: (B, Ck, h, w) query keys of the frames when already computed (shared keys only).
+        Returns key and value (B*K, C, h, w), objects of a frame contiguous.
+        """
+        mk, mv = self.memory_encoder(frame, probs)
+        if self.config.shared_key:
+            if key is None:
+                key = self.query_encoder.key_only(frame)
+            k = probs.shape[1]
+            mk = key.unsqueeze(1).expand(key.shape[0], k, *key.shape[1:]).reshape(-1, *key.shape[1:])
+        return mk, mv
 
     def read_decode(
         self,
@@ -97,7 +116,7 @@ class STMNet(nn.Module):
             self.check_bank(query, bank_key, bank_value, bank_valid)
         o = bank_key.shape[0]
         key, value, skip8, skip4 = (t.expand(o, *t.shape[1:]) for t in query)
-        readout = memory_read(key, bank_key, bank_value, bank_valid)
+        readout = memory_read(key, bank_key, bank_value, bank_valid, self.config.similarity)
         return self.decoder(torch.cat([readout, value], dim=1), skip8, skip4)
 
     @staticmethod

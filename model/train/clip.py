@@ -38,11 +38,16 @@ class ClipModel(nn.Module):
         net = self.net
         probs = first_masks.float() * obj_valid[..., None, None]
         keys, values, outputs = [], [], []
+        # With shared keys a memorized frame's key is its query key: encode frames 1..T-1 as
+        # queries once and frame 0's key alone.
+        shared = net.config.shared_key
+        prev_key = net.query_encoder.key_only(frames[:, 0]) if shared else None
         for i in range(t - 1):
-            mk, mv = net.memory_encoder(frames[:, i], probs)  # (B*K, C, h, w)
+            mk, mv = net.memory_kv(frames[:, i], probs, prev_key)  # (B*K, C, h, w)
             keys.append(mk)
             values.append(mv)
             q = net.query_encoder(frames[:, i + 1])
+            prev_key = q.key
             q = QueryFeatures(*(x.repeat_interleave(k, dim=0) for x in q))
             bank_key = torch.stack(keys, dim=1)
             bank_value = torch.stack(values, dim=1)

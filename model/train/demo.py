@@ -12,7 +12,7 @@ from pathlib import Path
 from mlvos.errors import CheckpointError
 
 # Bump when the recipe changes, so cached demo checkpoints are retrained.
-DEMO_RECIPE = 4
+DEMO_RECIPE = 5
 
 
 def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2) -> list[dict]:
@@ -26,6 +26,9 @@ def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2) -> li
        must stay sharp over ~1500 positions per frame).
     Each run stops at its share of `minutes` (time limit) or its step count, whichever first.
     What the measurements on the synthetic validation set led to (README, Training):
+    - The `tiny` variant reads memory with STCN's shared keys and L2 affinity. With STM's
+      per-object memory keys and dot product, the same recipe stayed near copy-first (J&F 18.4
+      vs 17.1): foreground was found but identities collapsed onto one object.
     - Targets are at most 2-3 of the scene's 1-5 objects; the rest are distractors labelled
       background. With every object a target, saliency alone scores well and the network never
       learnt to tell objects apart through the memory (identity accuracy ~chance).

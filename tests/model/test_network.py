@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mlvos.errors import InputError
+from mlvos.errors import ConfigError, InputError
 from mlvos.model.registry import build_model, get_config, variants
 from mlvos.runtime.spec import padding_for
 
@@ -133,3 +133,45 @@ def test_bad_masks_and_bank(models):
 def test_forward_is_not_the_api(models):
     with pytest.raises(NotImplementedError, match="encode_query"):
         models["tiny"](torch.zeros(1))
+
+
+def test_l2_read_is_softmax_of_negative_squared_distance():
+    from mlvos.model.memory import memory_read
+
+    g = torch.Generator().manual_seed(0)
+    o, t, ck, cv, h, w = 2, 3, 8, 5, 4, 6
+    q = torch.randn(o, ck, h, w, generator=g)
+    k = torch.randn(o, t, ck, h, w, generator=g) * 2
+    v = torch.randn(o, t, cv, h, w, generator=g)
+    valid = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    qf = q.flatten(2).transpose(1, 2)  # (O, hw, Ck)
+    kf = k.permute(0, 1, 3, 4, 2).reshape(o, t * h * w, ck)
+    vf = v.permute(0, 1, 3, 4, 2).reshape(o, t * h * w, cv)
+    d2 = torch.cdist(qf, kf) ** 2  # (O, hw, Thw)
+    mask = valid.repeat_interleave(h * w, dim=1)[:, None]  # (O, 1, Thw)
+    ref = torch.softmax(-d2 / ck**0.5 + (mask - 1) * 1e4, dim=-1) @ vf
+    ref = ref.transpose(1, 2).reshape(o, cv, h, w)
+    out = memory_read(q, k, v, valid, "l2")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # ... and differs from the dot product where key norms differ.
+    assert (memory_read(q, k, v, valid, "dot") - ref).abs().max() > 1e-2
+
+
+def test_shared_key_memory_key_is_the_query_key(models):
+    from mlvos.model.config import ModelConfig
+
+    m = models["tiny"]
+    assert m.config.shared_key and m.config.similarity == "l2"
+    # No key projection in the memory encoder: keys come from the query encoder.
+    assert not any(".kv.key." in n for n, _ in m.memory_encoder.named_parameters(prefix="m"))
+    x = _frame(64, 96, m.stride)
+    k, v = m.encode_memory(x, torch.rand(3, *x.shape[-2:]))
+    qk = m.encode_query(x).key
+    torch.testing.assert_close(k, qk.expand(3, *qk.shape[1:]), atol=0, rtol=0)
+    # STM's separate keys stay available (and the default of the other variants).
+    assert not models["paper"].config.shared_key
+    assert any(".kv.key." in n for n, _ in
+               models["paper"].memory_encoder.named_parameters(prefix="m"))
+    assert ModelConfig.from_dict(m.config.to_dict()) == m.config
+    with pytest.raises(ConfigError, match="similarity"):
+        ModelConfig.from_dict({**m.config.to_dict(), "similarity": "cosine"})
