@@ -16,3 +16,29 @@ def _seed():
         return
     torch.manual_seed(0)
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def decisive_tiny():
+    """() -> a seeded `tiny` STMNet whose decisions are decisive.
+
+    A random model predicts near-ties that any rounding flips: its logits are shallow, and with
+    shared keys its objects differ only through the mask inputs of the memory encoder, which a
+    random stem barely weighs. Steeper mask convs and last conv make objects distinct and
+    decisions clear, so label comparisons test graphs and runtimes rather than ties.
+    """
+
+    def make():
+        torch = pytest.importorskip("torch")
+        from mlvos.model.registry import build_model
+
+        model = build_model("tiny", seed=0)
+        with torch.no_grad():
+            for level in model.memory_encoder.backbone.levels:
+                for conv in level.down.extra_convs:
+                    conv.weight.mul_(300.0)
+            model.decoder.pred.weight.mul_(20.0)
+            model.decoder.pred.bias.mul_(20.0)
+        return model.eval()
+
+    return make

@@ -294,7 +294,8 @@ def model_stage_gmacs(
     Args:
         variant: registry name of the model.
         h, w: padded frame size (multiples of the model's stride).
-        objects: tracked objects (the memory encoder and read+decode run once per object).
+        objects: tracked objects (the memory encoder and read+decode run once per object; a
+            shared-key model's memory encoder also recomputes the frame's key once).
         capacity: memory slots of the bank.
 
     Returns:
@@ -306,7 +307,7 @@ def model_stage_gmacs(
     return _per_stage(
         {
             "query_encoder": c.query_gmac,
-            "memory_encoder": objects * c.memory_gmac,
+            "memory_encoder": c.memory_frame_gmac(objects),
             "read_decoder": objects * c.read_decode_gmac,
         }
     )

@@ -42,9 +42,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, one_thread) -> Path:
+def checkpoint(tmp_path_factory, one_thread, decisive_tiny) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, build_model("tiny", seed=0))
+    save_checkpoint(path, decisive_tiny())
     return path
 
 
@@ -234,7 +234,9 @@ def test_empty_slots_are_ignored(export_dir, model, precision):
         k: v.astype(np.float16) if dtypes[k] == "tensor(float16)" else v for k, v in feed.items()
     }
     logits = session.run([T.LOGITS], cast)[0]
-    atol = 1e-5 if precision == "fp32" else 5e-3
+    # fp16: half-precision rounding of logits of a few units (ulp 2e-3 at 2.0)
+    scale = float(np.abs(ref[T.LOGITS]).max())
+    atol = 1e-5 * max(1.0, scale) if precision == "fp32" else 5e-3 * max(1.0, scale)
     np.testing.assert_allclose(logits, ref[T.LOGITS], atol=atol, rtol=1e-3)
 
 
@@ -253,7 +255,13 @@ def test_fp16_close_to_fp32_on_real_data(export_dir, model):
             out16 = s16.run(names, feed16)
             for name, a, b in zip(names, out32, out16, strict=True):
                 if a.dtype == np.uint8:
-                    assert np.mean(a != b) < 1e-2, (graph, name)
+                    # A random model predicts near-ties between objects; labels must agree
+                    # wherever fp32 decides by a margin beyond the probability tolerance.
+                    p = out32[names.index(T.OBJ_PROBS)]
+                    top2 = np.sort(np.concatenate([1.0 - p.sum(0, keepdims=True), p]), axis=0)
+                    decisive = (top2[-1] - top2[-2]) > 0.1
+                    assert decisive.mean() > 0.5, (graph, name, decisive.mean())
+                    assert np.mean(a[decisive] != b[decisive]) < 1e-3, (graph, name)
                 else:
                     err = np.abs(a - b.astype(np.float32)).max()
                     assert err <= 2e-3 + 3e-2 * np.abs(a).max(), (graph, name, err)
