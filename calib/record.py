@@ -53,12 +53,14 @@ class RecordingRunner(OrtRunner):
             self.calls[Graph.QUERY_ENCODER].append({T.FRAME: np.array(frame)})
         return super().encode_query(frame)
 
-    def encode_memory(self, frame: np.ndarray, probs: np.ndarray):
+    def encode_memory(self, frame: np.ndarray, probs: np.ndarray, query=None):
         if self.recording:
-            self.calls[Graph.MEMORY_ENCODER].append(
-                {T.FRAME: np.array(frame), T.PROBS: np.array(probs, dtype=self.probs_dtype)}
-            )
-        return super().encode_memory(frame, probs)
+            if self.memory_takes_key and query is None:
+                query = super().encode_query(frame)  # not a recorded query call
+            feed = {k: np.array(v) for k, v in self._memory_feeds(frame, probs, query).items()}
+            feed[T.PROBS] = feed[T.PROBS].astype(self.probs_dtype, copy=False)
+            self.calls[Graph.MEMORY_ENCODER].append(feed)
+        return super().encode_memory(frame, probs, query)
 
     def read_decode(self, query: dict[str, np.ndarray], objects: int):
         if self.recording:

@@ -299,6 +299,7 @@ def _export_one(
         skip4_dim=c4,
         capacity=capacity,
         size=size,
+        shared_key=cfg.shared_key,
     )
     inputs, outputs = graph_io(graph, "fp32", **dims)
     fp32_model = export_graph(
@@ -325,6 +326,7 @@ def _export_one(
             inputs=inputs16,
             outputs=outputs16,
             opset=opset,
+            similarity=cfg.similarity,
         )
         if "fp32" in precisions:
             # The conversion ran the fp32 file on the real feeds already (onnxruntime CPU).

@@ -17,7 +17,9 @@ Policy (every FP32 node is listed with its reason in the manifest, "fp32_nodes")
     only. The bias of an empty slot is spec.INVALID_SLOT_BIAS = -1e4, exact in FP16, and
     exp(-1e4) is 0 in both precisions, so it says nothing about overflow; counting it would
     always keep the attention in FP32 and break TensorRT's MatMul-Softmax-MatMul fusion. When the
-    valid-slot affinities stay within FP16_DATA_MAX they are forced to FP16 ("fp16_kept").
+    valid-slot affinities stay within FP16_DATA_MAX they are forced to FP16 ("fp16_kept"). With
+    the L2 affinity (ModelConfig.similarity) the Q.K MatMul yields 2 q.k / sqrt(Ck), and that is
+    what is compared; its -|k|^2 bias is computed outside the chain, under the range rule.
 Graph I/O dtypes follow io_spec.FP16_TENSORS (AutoCast runs with keep_io_types, then
 onnx_utils.retype_io switches the chosen I/O to float16 without extra Casts).
 """
@@ -255,6 +257,7 @@ def convert_fp16(
     inputs: list[TensorSpec],
     outputs: list[TensorSpec],
     opset: int,
+    similarity: str = "dot",
 ) -> Fp16Graph:
     """Convert one checked fp32 graph file to mixed FP16.
 
@@ -263,6 +266,8 @@ def convert_fp16(
         calibration: representative feeds (fp32-export dtypes) from a real propagation.
         inputs / outputs: the fp16 I/O contract (io_spec.graph_io(..., "fp16")).
         opset: opset of the result (the fp32 graph's).
+        similarity: the model's memory-read affinity (ModelConfig.similarity): "l2" doubles the
+            Q.K product that the attention rule judges.
 
     Returns:
         Fp16Graph: the model, its FP32 nodes and reasons, and the fp32 graph's outputs on the
@@ -284,7 +289,7 @@ def convert_fp16(
         chain = find_attention(fp32_model)
         if chain is None:
             raise ExportError("read_decoder has no MatMul-Add-Softmax-MatMul attention chain")
-        amax = valid_affinity_absmax(calibration)
+        amax = valid_affinity_absmax(calibration) * (2.0 if similarity == "l2" else 1.0)
         if amax <= FP16_DATA_MAX:
             why = (
                 f"memory-read attention: valid-slot affinities max |x| = {amax:.3g} <= "

@@ -48,11 +48,14 @@ def graph_io(
     skip4_dim: int,
     capacity: int,
     size: tuple[int, int] | None,
+    shared_key: bool = False,
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """(inputs, outputs) of `graph` at `precision` ("fp32"/"fp16").
 
     Args:
         size: static padded (H, W), or None for dynamic H and W.
+        shared_key: the model's memory keys are its query keys (ModelConfig.shared_key): the
+            memory_encoder takes the frame's query_key as a third input.
     """
     h, w = size if size is not None else ("H", "W")
     o = "O"
@@ -73,7 +76,8 @@ def graph_io(
     if graph == Graph.QUERY_ENCODER:
         return [frame], query
     if graph == Graph.MEMORY_ENCODER:
-        return [frame, spec(T.PROBS, "float32", o, h, w)], [
+        key_in = [query[0]] if shared_key else []
+        return [frame, spec(T.PROBS, "float32", o, h, w), *key_in], [
             spec(T.MEM_KEY, "float32", o, key_dim, *f16),
             spec(T.MEM_VALUE, "float32", o, value_dim, *f16),
         ]

@@ -68,8 +68,14 @@ class _Recorder:
         ref = self._call(Graph.QUERY_ENCODER, self.query, {T.FRAME: _np(frame)})
         return QueryFeatures(*(torch.from_numpy(ref[n]) for n in self.query.output_names))
 
-    def encode_memory(self, frame: torch.Tensor, probs: torch.Tensor):
+    def encode_memory(self, frame: torch.Tensor, probs: torch.Tensor, query_key=None):
         feed = {T.FRAME: _np(frame), T.PROBS: _np(probs.float())}
+        if T.QUERY_KEY in self.memory.input_names:
+            # The runtime feeds the key of the frame's own query; the annotated frame 0 is
+            # encoded as a query for it (as the predictor does).
+            if query_key is None:
+                query_key = self.encode_query(frame).key
+            feed[T.QUERY_KEY] = _np(query_key)
         ref = self._call(Graph.MEMORY_ENCODER, self.memory, feed)
         return torch.from_numpy(ref[T.MEM_KEY]), torch.from_numpy(ref[T.MEM_VALUE])
 
@@ -157,6 +163,7 @@ def random_samples(
         Graph.MEMORY_ENCODER: {
             T.FRAME: frame,
             T.PROBS: rng.random((objects, height, width), dtype=np.float32),
+            **({T.QUERY_KEY: normal(1, cfg.key_dim, h, w)} if cfg.shared_key else {}),
         },
         Graph.READ_DECODER: {
             T.QUERY_KEY: normal(1, cfg.key_dim, h, w),

@@ -37,18 +37,25 @@ class QueryEncoderGraph(nn.Module):
 
 class MemoryEncoderGraph(nn.Module):
     """frame (1, 3, H, W) uint8 + probs (O, H, W) float32 in [0, 1] -> mem_key (O, Ck, h, w),
-    mem_value (O, Cv, h, w) with h, w = H/16, W/16; objects on the batch axis."""
+    mem_value (O, Cv, h, w) with h, w = H/16, W/16; objects on the batch axis.
+
+    A shared-key model (config.shared_key) takes a third input, query_key (1, Ck, h, w): the
+    query encoder's key of the same frame, which becomes every object's mem_key, so the graph
+    does not run the query backbone again.
+    """
 
     name = Graph.MEMORY_ENCODER
-    input_names = (T.FRAME, T.PROBS)
     output_names = (T.MEM_KEY, T.MEM_VALUE)
 
     def __init__(self, model: STMNet):
         super().__init__()
         self.model = model
+        self.input_names = (T.FRAME, T.PROBS) + (
+            (T.QUERY_KEY,) if model.config.shared_key else ()
+        )
 
-    def forward(self, frame: torch.Tensor, probs: torch.Tensor):
-        return self.model.encode_memory(frame, probs)
+    def forward(self, frame: torch.Tensor, probs: torch.Tensor, query_key=None):
+        return self.model.encode_memory(frame, probs, query_key)
 
 
 class SoftAggregation(nn.Module):

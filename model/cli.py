@@ -44,14 +44,13 @@ def main_info(args: argparse.Namespace) -> int:
         get_config(v)  # unknown names fail before any work
     cap = args.capacity or DEFAULT_CAPACITY
     print(
-        f"GMACs at {args.height}x{args.width} (padded to the stride); memory stage per object "
-        "(+ key: the query key a shared-key model's memory stage recomputes per frame); "
+        f"GMACs at {args.height}x{args.width} (padded to the stride); memory stage per object; "
         f"read+decode per object over {cap} memory frames; "
         f"frame total with {args.objects} object(s)"
     )
     header = (
         f"{'variant':<10} {'params (M)':>10} {'stride':>6} {'padded':>9} {'query':>8} "
-        f"{'memory':>8} {'+key':>6} {'read+dec':>9} {'frame':>8}"
+        f"{'memory':>8} {'read+dec':>9} {'frame':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -59,8 +58,7 @@ def main_info(args: argparse.Namespace) -> int:
         c = stage_costs(v, args.height, args.width, cap)
         print(
             f"{v:<10} {c.params_m:>10.2f} {c.stride:>6} {f'{c.height}x{c.width}':>9} "
-            f"{c.query_gmac:>8.1f} {c.memory_gmac:>8.1f} {c.memory_key_gmac:>6.1f} "
-            f"{c.read_decode_gmac:>9.1f} "
+            f"{c.query_gmac:>8.1f} {c.memory_gmac:>8.1f} {c.read_decode_gmac:>9.1f} "
             f"{c.per_frame(args.objects):>8.1f}"
         )
     return 0

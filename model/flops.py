@@ -22,16 +22,10 @@ class StageCost:
     memory_gmac: float  # per object
     read_decode_gmac: float  # per object, full bank
     capacity: int
-    # per memorized frame: a shared-key model's memory graph recomputes the query key
-    memory_key_gmac: float = 0.0
-
-    def memory_frame_gmac(self, objects: int) -> float:
-        """GMACs of one memory_encoder run over `objects` objects."""
-        return self.memory_key_gmac + objects * self.memory_gmac
 
     def per_frame(self, objects: int) -> float:
-        """GMACs of one propagated frame: 1 query + 1 memory write of O objects + O reads."""
-        return self.query_gmac + self.memory_frame_gmac(objects) + objects * self.read_decode_gmac
+        """GMACs of one propagated frame: 1 query + O memory writes + O reads."""
+        return self.query_gmac + objects * (self.memory_gmac + self.read_decode_gmac)
 
 
 def _gmacs(fn) -> float:
@@ -51,12 +45,10 @@ def stage_costs(variant: str, height: int = 480, width: int = 864, capacity: int
         frame = torch.empty(1, 3, h, w)
         q = model.encode_query(frame)
         query = _gmacs(lambda: model.encode_query(frame))
-        memory = _gmacs(lambda: model.encode_memory(frame, torch.empty(1, h, w)))
-        key = _gmacs(lambda: model.query_encoder.key_only(frame)) if model.config.shared_key else 0
+        # a shared-key model's memory stage takes the query key instead of recomputing it
+        memory = _gmacs(lambda: model.encode_memory(frame, torch.empty(1, h, w), q.key))
         bk = torch.empty(1, capacity, ck, h // FEATURE_STRIDE, w // FEATURE_STRIDE)
         bv = torch.empty(1, capacity, cv, h // FEATURE_STRIDE, w // FEATURE_STRIDE)
         valid = torch.ones(1, capacity)
         read = _gmacs(lambda: model.read_decode(q, bk, bv, valid))
-    return StageCost(
-        variant, params, model.stride, h, w, query, memory - key, read, capacity, key
-    )
+    return StageCost(variant, params, model.stride, h, w, query, memory, read, capacity)

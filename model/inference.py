@@ -120,14 +120,16 @@ def propagate(
                 bank.add(model.encode_memory(x, probs), 0, ANNOTATED)
             yield first_mask.copy()
             continue
-        logits = [m.read_decode(m.encode_query(x), *b.tensors()) for m, b in zip(models, banks)]
+        queries = [m.encode_query(x) for m in models]
+        logits = [m.read_decode(q, *b.tensors()) for m, q, b in zip(models, queries, banks)]
         if len(logits) > 1:
             # Ensemble: average per-object probabilities, then aggregate.
             fg = torch.stack([torch.sigmoid(lg) for lg in logits]).mean(0).clamp(1e-7, 1 - 1e-7)
             logits = [torch.logit(fg)]
         agg = torch.softmax(soft_aggregate_logits(logits[0]), dim=0)  # (O+1, H, W)
-        for model, bank in zip(models, banks):
-            bank.add(model.encode_memory(x, agg[1:]), t, TEMP if t % mem_every else PERIODIC)
+        for model, q, bank in zip(models, queries, banks):
+            kind = TEMP if t % mem_every else PERIODIC
+            bank.add(model.encode_memory(x, agg[1:], q.key), t, kind)
         h, w = agg.shape[-2:]
         labels = agg[:, pad.top : h - pad.bottom, pad.left : w - pad.right].argmax(0)
         yield lut[labels.cpu().numpy()]

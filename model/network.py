@@ -13,7 +13,7 @@ from mlvos.model.config import ModelConfig
 from mlvos.model.decoder import Decoder, aggregate_outputs, soft_aggregate
 from mlvos.model.encoders import MemoryEncoder, QueryEncoder, QueryFeatures
 from mlvos.model.memory import memory_read
-from mlvos.runtime.spec import MIN_SIDE
+from mlvos.runtime.spec import FEATURE_STRIDE, MIN_SIDE
 
 
 def _checking() -> bool:
@@ -62,13 +62,16 @@ class STMNet(nn.Module):
         return self.query_encoder(frame)
 
     def encode_memory(
-        self, frame: torch.Tensor, probs: torch.Tensor
+        self, frame: torch.Tensor, probs: torch.Tensor, query_key: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory encoder, batched over the objects of one frame.
 
         Args:
             frame: (1, 3, H, W) RGB pixels in [0, 255].
             probs: (O, H, W) float object probabilities in [0, 1] (soft, not binarized).
+            query_key: (1, Ck, H/16, W/16) the query key of `frame`, for a shared-key model
+                (config.shared_key) that already encoded `frame` as a query; computed when None.
+                Ignored by STM's separate keys.
 
         Returns:
             key (O, Ck, H/16, W/16) and value (O, Cv, H/16, W/16). With shared keys the key is
@@ -77,7 +80,15 @@ class STMNet(nn.Module):
         if _checking():
             self.check_frame(frame)
             self.check_probs(probs, frame)
-        return self.memory_kv(frame, probs.unsqueeze(0))
+            if query_key is not None and self.config.shared_key:
+                fs = FEATURE_STRIDE
+                expected = (1, self.config.key_dim, *(s // fs for s in frame.shape[-2:]))
+                if tuple(query_key.shape) != expected:
+                    raise InputError(
+                        f"query_key must be {expected} (the query key of this frame), "
+                        f"got {tuple(query_key.shape)}"
+                    )
+        return self.memory_kv(frame, probs.unsqueeze(0), query_key)
 
     def memory_kv(
         self, frame: torch.Tensor, probs: torch.Tensor, key: torch.Tensor | None = None

@@ -177,7 +177,7 @@ class VideoPredictor:
         frame_dev = runner.upload(x)
         clock.lap("preprocess")
         ids_before = len(self.ids)
-        probs = slots = None
+        probs = slots = query = None
         if ids_before and self.valid[:ids_before].any():
             query = runner.encode_query(frame_dev)
             clock.lap("query_encoder")
@@ -191,7 +191,7 @@ class VideoPredictor:
             kind = ANNOTATED
         clock.lap("postprocess")
         if self.ids:
-            key, value = runner.encode_memory(frame_dev, probs)
+            key, value = runner.encode_memory(frame_dev, probs, query)
             slot, invalid = self.policy.place(t, kind)
             n = len(self.ids)
             runner.write_slot(slot, key, value, n)

@@ -54,8 +54,13 @@ class Runner(ABC):
         """frame (1, 3, H, W) uint8 on device -> opaque query features on device."""
 
     @abstractmethod
-    def encode_memory(self, frame: Any, probs: Any) -> tuple[Any, Any]:
-        """frame (1, 3, H, W) uint8, probs (O, H, W) float32 -> (mem_key, mem_value) on device."""
+    def encode_memory(self, frame: Any, probs: Any, query: Any = None) -> tuple[Any, Any]:
+        """frame (1, 3, H, W) uint8, probs (O, H, W) float32 -> (mem_key, mem_value) on device.
+
+        query: what encode_query returned for this frame, if it ran. A shared-key model's
+        memory_encoder takes the frame's query key (manifest input `query_key`); without
+        `query` the runner encodes the frame as a query first.
+        """
 
     @abstractmethod
     def read_decode(self, query: Any, objects: int) -> tuple[Any, Any]:

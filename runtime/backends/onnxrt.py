@@ -105,6 +105,10 @@ class OrtRunner(Runner):
         self.valid_dtype = np.dtype(rd.input(Tensor.BANK_VALID).dtype)
         self.probs_dtype = np.dtype(self.graphs[Graph.MEMORY_ENCODER].input(Tensor.PROBS).dtype)
         self.query_names = [t.name for t in self.graphs[Graph.QUERY_ENCODER].outputs]
+        # shared-key models: memory keys are query keys, fed to the memory_encoder
+        self.memory_takes_key = any(
+            t.name == Tensor.QUERY_KEY for t in self.graphs[Graph.MEMORY_ENCODER].inputs
+        )
         self.key_dim = int(manifest.data["key_dim"])
         self.value_dim = int(manifest.data["value_dim"])
         self.bank_key = self.bank_value = None
@@ -124,10 +128,20 @@ class OrtRunner(Runner):
         outs = self.sessions[Graph.QUERY_ENCODER].run(None, {Tensor.FRAME: frame})
         return dict(zip(self.query_names, outs))
 
-    def encode_memory(self, frame: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _memory_feeds(self, frame, probs, query) -> dict[str, Any]:
+        feeds = {Tensor.FRAME: frame, Tensor.PROBS: probs}
+        if self.memory_takes_key:
+            if query is None:
+                query = self.encode_query(frame)
+            feeds[Tensor.QUERY_KEY] = query[Tensor.QUERY_KEY]
+        return feeds
+
+    def encode_memory(
+        self, frame: np.ndarray, probs: np.ndarray, query: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        probs = probs.astype(self.probs_dtype, copy=False)
         key, value = self.sessions[Graph.MEMORY_ENCODER].run(
-            [Tensor.MEM_KEY, Tensor.MEM_VALUE],
-            {Tensor.FRAME: frame, Tensor.PROBS: probs.astype(self.probs_dtype, copy=False)},
+            [Tensor.MEM_KEY, Tensor.MEM_VALUE], self._memory_feeds(frame, probs, query)
         )
         return key, value
 
@@ -268,7 +282,7 @@ class OrtBoundRunner(OrtRunner):
         outs = self._run(Graph.QUERY_ENCODER, {Tensor.FRAME: frame}, self.query_names)
         return dict(zip(self.query_names, outs))
 
-    def encode_memory(self, frame, probs) -> tuple[Any, Any]:
+    def encode_memory(self, frame, probs, query: dict | None = None) -> tuple[Any, Any]:
         if not hasattr(probs, "data_ptr"):  # host probabilities (an annotated frame)
             probs = self._ortvalue(np.asarray(probs, self.probs_dtype))
         elif self._np_type(probs) != self.probs_dtype:
@@ -277,7 +291,7 @@ class OrtBoundRunner(OrtRunner):
                 f"{self.probs_dtype}; re-export (the manifest's I/O dtypes disagree)"
             )
         key, value = self._run(
-            Graph.MEMORY_ENCODER, {Tensor.FRAME: frame, Tensor.PROBS: probs},
+            Graph.MEMORY_ENCODER, self._memory_feeds(frame, probs, query),
             [Tensor.MEM_KEY, Tensor.MEM_VALUE],
         )
         return key, value

@@ -91,8 +91,9 @@ class TorchRunner:
     def encode_query(self, frame):
         return self.model.encode_query(self._nhwc(frame))
 
-    def encode_memory(self, frame, probs):
-        return self.model.encode_memory(self._nhwc(frame), probs.to(self.dtype))
+    def encode_memory(self, frame, probs, query=None):
+        key = None if query is None else query.key
+        return self.model.encode_memory(self._nhwc(frame), probs.to(self.dtype), key)
 
     def read_decode(self, query, objects: int):
         logits = self.model.read_decode(

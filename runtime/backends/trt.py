@@ -972,13 +972,19 @@ class TrtRunner(Runner):
         return self._outputs(stage)
 
     def encode_memory(
-        self, frame: DeviceArray, probs: DeviceArray
+        self, frame: DeviceArray, probs: DeviceArray, query: dict | None = None
     ) -> tuple[DeviceArray, DeviceArray]:
         self._ready()
         stage = self._stages[Graph.MEMORY_ENCODER]
         if probs.dtype != self.dtypes[Tensor.PROBS]:
             probs = self.upload(self.download(probs))  # rare: casts on the host
-        stage.set_shapes({Tensor.FRAME: frame.shape, Tensor.PROBS: probs.shape})
+        shapes = {Tensor.FRAME: frame.shape, Tensor.PROBS: probs.shape}
+        if stage.io.get(Tensor.QUERY_KEY):  # shared-key model: memory keys are query keys
+            if query is None:
+                query = self.encode_query(frame)
+            shapes[Tensor.QUERY_KEY] = tuple(query[Tensor.QUERY_KEY].shape)
+            self._bind(stage, Tensor.QUERY_KEY, query[Tensor.QUERY_KEY].ptr)
+        stage.set_shapes(shapes)
         self._bind(stage, Tensor.FRAME, frame.ptr)
         self._bind(stage, Tensor.PROBS, probs.ptr)
         self._run(stage)

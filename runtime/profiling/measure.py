@@ -222,8 +222,8 @@ def time_read_decode(
     n, cap = len(ids), runner.capacity
     runner.allocate_bank(n, *x.shape[-2:])
     frame_dev = runner.upload(x)
-    key, value = runner.encode_memory(frame_dev, runner.upload(probs))
     query = runner.encode_query(frame_dev)
+    key, value = runner.encode_memory(frame_dev, runner.upload(probs), query)
     out: dict[int, list[float]] = {}
     for k in slots:
         if not 1 <= k <= cap:
@@ -294,8 +294,7 @@ def model_stage_gmacs(
     Args:
         variant: registry name of the model.
         h, w: padded frame size (multiples of the model's stride).
-        objects: tracked objects (the memory encoder and read+decode run once per object; a
-            shared-key model's memory encoder also recomputes the frame's key once).
+        objects: tracked objects (the memory encoder and read+decode run once per object).
         capacity: memory slots of the bank.
 
     Returns:
@@ -307,7 +306,7 @@ def model_stage_gmacs(
     return _per_stage(
         {
             "query_encoder": c.query_gmac,
-            "memory_encoder": c.memory_frame_gmac(objects),
+            "memory_encoder": objects * c.memory_gmac,
             "read_decoder": objects * c.read_decode_gmac,
         }
     )

@@ -96,7 +96,10 @@ def _random_feed(model, graph: str, objects: int, height: int, width: int, seed:
     if graph == Graph.QUERY_ENCODER:
         return {T.FRAME: frame}
     if graph == Graph.MEMORY_ENCODER:
-        return {T.FRAME: frame, T.PROBS: rng.random((objects, height, width), dtype=np.float32)}
+        feed = {T.FRAME: frame, T.PROBS: rng.random((objects, height, width), dtype=np.float32)}
+        if cfg.shared_key:
+            feed[T.QUERY_KEY] = rng.standard_normal((1, cfg.key_dim, h, w)).astype(np.float32)
+        return feed
     valid = np.ones((objects, CAPACITY), np.float32)
 
     def normal(*shape):
@@ -119,7 +122,8 @@ EXPECTED_NAMES = {
         [T.FRAME],
         [T.QUERY_KEY, T.QUERY_VALUE, T.SKIP8, T.SKIP4],
     ),
-    Graph.MEMORY_ENCODER: ([T.FRAME, T.PROBS], [T.MEM_KEY, T.MEM_VALUE]),
+    # tiny shares keys: its memory graph takes the frame's query key (STM models: frame, probs)
+    Graph.MEMORY_ENCODER: ([T.FRAME, T.PROBS, T.QUERY_KEY], [T.MEM_KEY, T.MEM_VALUE]),
     Graph.READ_DECODER: (
         [T.QUERY_KEY, T.QUERY_VALUE, T.SKIP8, T.SKIP4, T.BANK_KEY, T.BANK_VALUE, T.BANK_VALID],
         [T.LOGITS, T.OBJ_PROBS, T.LABELS],
@@ -198,6 +202,24 @@ def test_fp16_keeps_soft_aggregation_in_fp32(manifest):
     assert all(n["reason"] for n in entry["fp32_nodes"])
     kept = {n["op"] for n in entry["fp16_kept"]}
     assert kept == {"Add", "Softmax"} and entry["attention_fusable"] is True
+
+
+def test_stm_read_exports_two_input_memory_graph(tmp_path, one_thread):
+    # STM's read (separate keys, dot product; `paper`): the memory graph computes its own keys
+    # from frame and probs, and the FP16 attention stays fusable.
+    import dataclasses
+
+    from mlvos.model.registry import get_config
+
+    cfg = dataclasses.replace(get_config("tiny"), shared_key=False, similarity="dot")
+    ckpt = save_checkpoint(tmp_path / "stm.pt", build_model(config=cfg, seed=0))
+    out = _export(ckpt, tmp_path / "stm", precisions=("fp32", "fp16"))
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    entry = manifest["graphs"][Graph.READ_DECODER]["fp16"]
+    assert {n["op"] for n in entry["fp16_kept"]} == {"Add", "Softmax"}
+    assert entry["attention_fusable"] is True
+    memory = onnx.load(str(out / f"{Graph.MEMORY_ENCODER}.fp32.onnx"))
+    assert [i.name for i in memory.graph.input] == [T.FRAME, T.PROBS]
 
 
 # --------------------------------------------------------------------------- dynamic axes
@@ -372,3 +394,25 @@ def test_end_to_end_can_be_reported_without_gating(tmp_path, monkeypatch):
     assert report["passed"] and not report["failures"]
     assert len(report["warnings"]) == 1 and "end to end: ort fp32" in report["warnings"][0]
     assert "ort_fp32_vs_torch_fp32" in report["end_to_end"]["comparisons"]
+
+
+def test_shared_key_memory_encoder_takes_the_query_key(export_dir, model):
+    # tiny shares keys (STCN): the memory graph reuses the frame's query key instead of running
+    # the query backbone again, and every object's mem_key is that key.
+    assert model.config.shared_key
+    for precision in ("fp32", "fp16"):
+        q = _session(export_dir, Graph.QUERY_ENCODER, precision)
+        m = _session(export_dir, Graph.MEMORY_ENCODER, precision)
+        assert [i.name for i in m.get_inputs()] == [T.FRAME, T.PROBS, T.QUERY_KEY]
+        frame = np.random.default_rng(1).integers(0, 256, (1, 3, 64, 96), dtype=np.uint8)
+        key = q.run([T.QUERY_KEY], {T.FRAME: frame})[0]
+        probs = np.random.default_rng(2).random((3, 64, 96), dtype=np.float32)
+        mem_key, mem_value = m.run(
+            [T.MEM_KEY, T.MEM_VALUE], {T.FRAME: frame, T.PROBS: probs, T.QUERY_KEY: key}
+        )
+        np.testing.assert_array_equal(mem_key, np.broadcast_to(key, (3, *key.shape[1:])))
+        ref = _torch(model, Graph.MEMORY_ENCODER, {T.FRAME: frame, T.PROBS: probs,
+                                                   T.QUERY_KEY: key.astype(np.float32)})
+        atol = 1e-4 if precision == "fp32" else 3e-2 * float(np.abs(ref[T.MEM_VALUE]).max())
+        np.testing.assert_allclose(mem_value.astype(np.float32), ref[T.MEM_VALUE],
+                                   atol=atol, rtol=1e-3)

@@ -46,6 +46,19 @@ def test_ort_matches_torch_reference(export_dir, precision, bar):
     assert min(ious) >= bar, ious
 
 
+def test_query_encoder_runs_once_per_frame(export_dir):
+    # tiny's memory graph takes the frame's query key: the predictor hands over the query it
+    # already computed, and only the annotated first frame (no read) is encoded for it.
+    video = _video(n=6, h=64, w=96)
+    with open_runner(export_dir, backend="ort") as runner:
+        assert runner.memory_takes_key
+        calls = []
+        encode_query = runner.encode_query
+        runner.encode_query = lambda frame: calls.append(1) or encode_query(frame)
+        _propagate(runner, video)
+    assert len(calls) == len(video)
+
+
 def test_bank_stays_bounded_and_reused(export_dir):
     video = _video(n=12, h=64, w=64)
     with open_runner(export_dir, backend="ort") as runner:

@@ -550,8 +550,15 @@ def test_per_graph_outputs_match_ort(fakes, export_dir, tmp_path):
         )
         for name, value in q.items():
             np.testing.assert_array_equal(r.download(value), ref_q[name])
+        # tiny shares keys: the memory graph takes the frame's query key
+        rk, rv = sess[Graph.MEMORY_ENCODER].run(
+            None, {Tensor.FRAME: frame, Tensor.PROBS: probs, Tensor.QUERY_KEY: ref_q["query_key"]}
+        )
+        # without the frame's query features the runner encodes the frame as a query first
         k, v = r.encode_memory(fd, r.upload(probs))
-        rk, rv = sess[Graph.MEMORY_ENCODER].run(None, {Tensor.FRAME: frame, Tensor.PROBS: probs})
+        np.testing.assert_array_equal(r.download(k), rk)
+        np.testing.assert_array_equal(r.download(v), rv)
+        k, v = r.encode_memory(fd, r.upload(probs), q)
         np.testing.assert_array_equal(r.download(k), rk)
         np.testing.assert_array_equal(r.download(v), rv)
         r.allocate_bank(3, 160, 288)
