@@ -40,15 +40,16 @@ class Normalize(nn.Module):
 
 
 class KeyValue(nn.Module):
-    """STM's key/value projection: two 3x3 convs with bias."""
+    """STM's key/value projection: two 3x3 convs with bias. key_dim None: value only (a memory
+    encoder whose keys come from the query encoder), and the key comes back as None."""
 
-    def __init__(self, in_dim: int, key_dim: int, value_dim: int):
+    def __init__(self, in_dim: int, key_dim: int | None, value_dim: int):
         super().__init__()
-        self.key = nn.Conv2d(in_dim, key_dim, 3, 1, 1)
+        self.key = None if key_dim is None else nn.Conv2d(in_dim, key_dim, 3, 1, 1)
         self.value = nn.Conv2d(in_dim, value_dim, 3, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.key(x), self.value(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        return (None if self.key is None else self.key(x)), self.value(x)
 
 
 class QueryEncoder(nn.Module):
@@ -70,17 +71,6 @@ class QueryEncoder(nn.Module):
         return self.kv.key(f16)
 
 
-class ValueOnly(nn.Module):
-    """The value half of KeyValue, for a memory encoder whose keys come from the query encoder."""
-
-    def __init__(self, in_dim: int, value_dim: int):
-        super().__init__()
-        self.value = nn.Conv2d(in_dim, value_dim, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[None, torch.Tensor]:
-        return None, self.value(x)
-
-
 class MemoryEncoder(nn.Module):
     """Frame + object probability + "others" probability, fused before the stem's BN (STM).
 
@@ -91,8 +81,7 @@ class MemoryEncoder(nn.Module):
         super().__init__()
         self.normalize = Normalize()
         self.backbone = MultiLevelBackbone(cfg, extra_stem_inputs=2)
-        c16 = cfg.feature_channels()[2]
-        self.kv = ValueOnly(c16, value_dim) if key_dim is None else KeyValue(c16, key_dim, value_dim)
+        self.kv = KeyValue(cfg.feature_channels()[2], key_dim, value_dim)
 
     def forward(
         self, frame: torch.Tensor, probs: torch.Tensor

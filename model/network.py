@@ -102,8 +102,8 @@ class STMNet(nn.Module):
         if self.config.shared_key:
             if key is None:
                 key = self.query_encoder.key_only(frame)
-            k = probs.shape[1]
-            mk = key.unsqueeze(1).expand(key.shape[0], k, *key.shape[1:]).reshape(-1, *key.shape[1:])
+            b, k = probs.shape[:2]
+            mk = key.unsqueeze(1).expand(b, k, *key.shape[1:]).reshape(b * k, *key.shape[1:])
         return mk, mv
 
     def read_decode(
