@@ -76,6 +76,28 @@ def _check_size(size: tuple[int, int], stride: int, what: str) -> None:
         )
 
 
+def _check_read_priors(config) -> None:
+    from mlvos.export.errors import UnsupportedOpError
+    from mlvos.export.trt_ops import TENSORRT_VERSION, TOPK_MAX_K
+
+    if config.read_topk > TOPK_MAX_K:
+        raise UnsupportedOpError(
+            f"read_topk {config.read_topk} exceeds the K <= {TOPK_MAX_K} that TensorRT "
+            f"{TENSORRT_VERSION}'s TopK takes; export with --read-topk {TOPK_MAX_K} or less"
+        )
+
+
+def _attention_note(config) -> str | None:
+    """Why the read_decoder's attention is not fusable because of the config (None: it may be)."""
+    if not config.read_priors:
+        return None
+    return (
+        f"memory-read priors ({', '.join(config.read_priors)}) put TopK/ArgMax-derived terms "
+        "between the Q.K MatMul and the Softmax: TensorRT runs the read unfused (MatMul, "
+        "elementwise, Softmax, MatMul)"
+    )
+
+
 def _stamp(model, *, graph: str, precision: str, checkpoint_sha256: str) -> None:
     """Identify a graph file on its own (ONNX metadata_props)."""
     from mlvos import __version__
@@ -110,6 +132,8 @@ def export_checkpoint(
     seed: int = 0,
     log: Log | None = print,
     gate_end_to_end: bool = True,
+    read_topk: int | None = None,
+    read_kernel: float | None = None,
 ) -> Path:
     """Export a checkpoint to the three ONNX graphs, write manifest.json, copy the checkpoint,
     and (unless validate=False) validate against PyTorch into validation.json.
@@ -132,6 +156,9 @@ def export_checkpoint(
             count and seed.
         log: progress sink (one line per step); None = silent.
         gate_end_to_end: see validate.validate_export (False: report, do not fail).
+        read_topk / read_kernel: override the checkpoint's memory-read priors (ModelConfig;
+            no parameters, no retraining); None keeps them. The manifest's `config` records the
+            effective values, and everything that reloads the export's checkpoint applies them.
 
     Returns:
         Path of the export directory.
@@ -154,12 +181,16 @@ def export_checkpoint(
     from mlvos.export.representative import random_samples, record_propagation
     from mlvos.export.validate import summary, validate_export
     from mlvos.fileio import atomic_dir
-    from mlvos.model.checkpoint import load_model
+    from mlvos.model.checkpoint import load_model, with_read_options
 
     model, state = load_model(checkpoint)
+    model = with_read_options(model, topk=read_topk, kernel=read_kernel)
+    _check_read_priors(model.config)
     stride = model.stride
     checkpoint = Path(checkpoint)
     step(f"loaded {checkpoint} (variant {state['variant']}, stride {stride})")
+    if model.config.read_priors:
+        step(f"memory-read priors: {', '.join(model.config.read_priors)} (attention not fusable)")
     if size is not None:
         size = (int(size[0]), int(size[1]))
         _check_size(size, stride, "--height/--width")
@@ -327,6 +358,7 @@ def _export_one(
             outputs=outputs16,
             opset=opset,
             similarity=cfg.similarity,
+            plain_attention=not cfg.read_priors,
         )
         if "fp32" in precisions:
             # The conversion ran the fp32 file on the real feeds already (onnxruntime CPU).
@@ -335,12 +367,16 @@ def _export_one(
         save_model(result.model, folder / graph_file(graph, "fp16"))
         models["fp16"] = result.model
         extras["fp16"] = {"fp32_nodes": result.fp32_nodes, "fp16_kept": result.fp16_kept}
-        if graph == Graph.READ_DECODER:
+        if graph == Graph.READ_DECODER and not cfg.read_priors:
             fusable = find_attention(result.model) is not None
             extras["fp16"]["attention_fusable"] = fusable
             if not fusable:
                 step("warning: the fp16 memory read stays FP32 (its affinities overflow FP16)")
         step(f"converted {graph} to fp16 ({len(result.fp32_nodes)} nodes stay FP32)")
+    note = _attention_note(cfg)
+    if graph == Graph.READ_DECODER and note is not None:
+        for extra in extras.values():
+            extra.update(attention_fusable=False, attention_note=note)
     if "fp32" not in precisions:
         fp32_path.unlink()
         del models["fp32"]

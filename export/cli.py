@@ -10,6 +10,7 @@ import argparse
 import os
 
 from mlvos.export.options import DEFAULT_OPSET, DEFAULT_PRECISIONS, PRECISIONS
+from mlvos.model.config import add_read_prior_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)"
     )
+    add_read_prior_arguments(p)
     p.add_argument("--force", action="store_true", help="replace an existing export directory")
     p.add_argument(
         "--no-validate", action="store_true", help="skip the onnxruntime-vs-PyTorch validation"
@@ -63,8 +65,12 @@ def main(args: argparse.Namespace) -> int:
     # (measured); passive waiting costs nothing for large ones. Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args.check:
-        if args.checkpoint or args.out:
-            raise InputError("--check DIR takes no --checkpoint/--out; run them separately")
+        overrides = args.read_topk is not None or args.read_kernel is not None
+        if args.checkpoint or args.out or overrides:
+            raise InputError(
+                "--check DIR takes no --checkpoint/--out/--read-*: it re-validates the export "
+                "as written (its manifest holds the read options); run them separately"
+            )
         from mlvos.export.api import check_export
 
         check_export(args.check)
@@ -85,5 +91,7 @@ def main(args: argparse.Namespace) -> int:
         opset=args.opset,
         force=args.force,
         validate=not args.no_validate,
+        read_topk=args.read_topk,
+        read_kernel=args.read_kernel,
     )
     return 0

@@ -54,6 +54,7 @@ def validate_end_to_end(
     from mlvos.data.synth import synth_sequence
     from mlvos.runtime.backends.torch_backend import TorchRunner
     from mlvos.runtime.loader import open_runner
+    from mlvos.runtime.manifest import read_options
 
     export_dir = Path(export_dir)
     rep = manifest.get("representative", {})
@@ -93,7 +94,9 @@ def validate_end_to_end(
         section["comparisons"][f"ort_{precision}_vs_torch_fp32"] = result
     if bf16:
         ckpt = export_dir / manifest["checkpoint"]["file"]
-        runner = TorchRunner(ckpt, precision="bf16", capacity=int(manifest["capacity"]))
+        runner = TorchRunner(
+            ckpt, precision="bf16", capacity=int(manifest["capacity"]), **read_options(manifest)
+        )
         with runner:
             result = compare(_propagate(runner, video, mem_every))
         result.update(gated=False, note="model sensitivity to bf16 arithmetic (CPU); reported")

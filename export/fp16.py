@@ -20,6 +20,12 @@ Policy (every FP32 node is listed with its reason in the manifest, "fp32_nodes")
     valid-slot affinities stay within FP16_DATA_MAX they are forced to FP16 ("fp16_kept"). With
     the L2 affinity (ModelConfig.similarity) the Q.K MatMul yields 2 q.k / sqrt(Ck), and that is
     what is compared; its -|k|^2 bias is computed outside the chain, under the range rule.
+  - A read with a prior (ModelConfig.read_topk / read_kernel) has no fusable chain, so nothing is
+    forced: the range rule keeps the nodes that carry the -1e4 bias (Adds, TopK, Where, Softmax)
+    in FP32. What may run in FP16 stays finite: the ArgMax reads the affinities (<= 512 by the
+    same rule); the kernel's positions are integers (exact up to 2048 in FP16) and a squared
+    distance that overflows to inf becomes -inf, which the KERNEL_LOG_FLOOR clamp
+    (model/memory.py) turns back into -500 per axis, so the kernel term lies in [-1000, 0].
 Graph I/O dtypes follow io_spec.FP16_TENSORS (AutoCast runs with keep_io_types, then
 onnx_utils.retype_io switches the chosen I/O to float16 without extra Casts).
 """
@@ -94,20 +100,30 @@ class _Capture(logging.Handler):
             self.reasons.setdefault(m.group(1), m.group(2))
 
 
+def _not_from_modelopt(record: logging.LogRecord) -> bool:
+    # AutoCast also logs through the root logger, e.g. that Range (int64 positions of the read's
+    # kernel prior) has no float16 schema in opset 17, which is true and changes nothing here.
+    return f"{os.sep}modelopt{os.sep}" not in record.pathname
+
+
 @contextlib.contextmanager
 def _autocast_logging():
-    """Route AutoCast's logger (INFO, console handler of its own) into a capture handler only."""
+    """Route AutoCast's logger (INFO, console handler of its own) into a capture handler only,
+    and keep its root-logger warnings off the console."""
     capture = _Capture()
     loggers = [logging.getLogger("modelopt.onnx.autocast"), logging.getLogger("modelopt.onnx")]
     saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    root = logging.getLogger()
     try:
         for lg in loggers:
             lg.handlers = []
             lg.propagate = False
         loggers[0].handlers = [capture]
         loggers[0].setLevel(logging.INFO)
+        root.addFilter(_not_from_modelopt)
         yield capture
     finally:
+        root.removeFilter(_not_from_modelopt)
         for lg, handlers, level, propagate in saved:
             lg.handlers, lg.level, lg.propagate = handlers, level, propagate
 
@@ -258,6 +274,7 @@ def convert_fp16(
     outputs: list[TensorSpec],
     opset: int,
     similarity: str = "dot",
+    plain_attention: bool = True,
 ) -> Fp16Graph:
     """Convert one checked fp32 graph file to mixed FP16.
 
@@ -268,6 +285,8 @@ def convert_fp16(
         opset: opset of the result (the fp32 graph's).
         similarity: the model's memory-read affinity (ModelConfig.similarity): "l2" doubles the
             Q.K product that the attention rule judges.
+        plain_attention: the read_decoder must hold the fusable attention chain (False for a
+            read with a prior: no chain is looked for or forced to FP16).
 
     Returns:
         Fp16Graph: the model, its FP32 nodes and reasons, and the fp32 graph's outputs on the
@@ -285,7 +304,7 @@ def convert_fp16(
     fp32_model = onnx.load(os.fspath(fp32_path))
     reasons: dict[str, str] = {}  # node -> why it stays FP32 (our rules)
     include: dict[str, str] = {}  # node -> why it is FP16 although the range rule says FP32
-    if graph == Graph.READ_DECODER:
+    if graph == Graph.READ_DECODER and plain_attention:
         chain = find_attention(fp32_model)
         if chain is None:
             raise ExportError("read_decoder has no MatMul-Add-Softmax-MatMul attention chain")

@@ -8,7 +8,7 @@ Layout (format "mlvos-export", format_version 1):
     representative {source, size, frames, objects, mem_every, seed} (data of FP16 + validation),
     tensorrt {version, opset_range, op_list_source},
     graphs {graph: {precision: {file, sha256, inputs, outputs, [fp32_nodes, fp16_kept,
-            attention_fusable]}}}
+            attention_fusable, attention_note (why not, for a read with priors)]}}}
 Tensor entries are {"name", "dtype", "shape"} with symbolic dims as strings ("O", "H", "W/16").
 """
 

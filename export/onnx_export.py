@@ -140,5 +140,8 @@ def export_graph(
     set_io(model, inputs, outputs)
     del model.graph.value_info[:]
     model.doc_string = ""
-    check_graph(model, graph, attention_required=isinstance(wrapper, ReadDecoderGraph))
+    # A read with a prior (ModelConfig.read_topk / read_kernel) has nodes between the MatMul and
+    # the Softmax by design; without one, the plain fusable chain is required.
+    plain_read = isinstance(wrapper, ReadDecoderGraph) and not wrapper.model.config.read_priors
+    check_graph(model, graph, attention_required=plain_read)
     return model

@@ -73,7 +73,9 @@ def find_attention(model: onnx.ModelProto) -> tuple[onnx.NodeProto, ...] | None:
     """The memory read's MatMul -> Add -> Softmax(last axis) -> MatMul chain, or None.
 
     TensorRT fuses this pattern (with the 1/sqrt(Ck) scale applied to Q before the first MatMul)
-    into one attention kernel; a Cast or any other node inside the chain prevents it.
+    into one attention kernel; a Cast or any other node inside the chain prevents it, and so does
+    any other consumer of the affinities (the fused kernel never materializes them): a read with
+    a prior (ModelConfig.read_topk / read_kernel) has no such chain.
     """
     prod, cons = producers_consumers(model)
     for sm in model.graph.node:
@@ -81,11 +83,13 @@ def find_attention(model: onnx.ModelProto) -> tuple[onnx.NodeProto, ...] | None:
             continue
         axis = next((helper.get_attribute_value(a) for a in sm.attribute if a.name == "axis"), -1)
         add = prod.get(sm.input[0])
-        if add is None or add.op_type != "Add":
+        if add is None or add.op_type != "Add" or len(cons.get(add.output[0], [])) != 1:
             continue
         mm1 = next((prod[i] for i in add.input if i in prod and prod[i].op_type == "MatMul"), None)
         after = cons.get(sm.output[0], [])
         if mm1 is None or len(after) != 1 or after[0].op_type != "MatMul":
+            continue
+        if len(cons.get(mm1.output[0], [])) != 1:
             continue
         if axis not in (-1, 2):  # (O, hw, Thw): last axis
             continue

@@ -22,6 +22,10 @@ from __future__ import annotations
 from mlvos.export.errors import UnsupportedOpError
 
 TENSORRT_VERSION = "10.3"
+# The largest K of TensorRT's TopK layer (TensorRT operator docs: "k <= 3840"). The memory read's
+# top-k prior (ModelConfig.read_topk) feeds TopK a K = Min(read_topk, T*h*w) computed from the
+# input shape, which the 10.x parser takes as a shape tensor.
+TOPK_MAX_K = 3840
 OPSET_RANGE: tuple[int, int] = (9, 20)
 SOURCE = (
     "onnx/onnx-tensorrt docs/operators.md (10.15 GA) minus ops added in 10.4-10.15 per "

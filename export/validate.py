@@ -243,9 +243,14 @@ def validate_export(
     manifest = read_manifest(export_dir)
     file_problems = verify_files(export_dir, manifest)
     if model is None:
-        from mlvos.model.checkpoint import load_model
+        from mlvos.model.checkpoint import load_model, with_read_options
+        from mlvos.runtime.manifest import read_options
 
         model, _ = load_model(export_dir / manifest["checkpoint"]["file"])
+        options = read_options(manifest)  # the export may override the checkpoint's priors
+        model = with_read_options(
+            model, topk=options["read_topk"], kernel=options["read_kernel"]
+        )
     if samples is None:
         samples = representative_samples(model, manifest["representative"], manifest["capacity"])
     graphs, graph_failures = validate_graphs(export_dir, manifest, samples, precomputed)

@@ -8,6 +8,8 @@ Layout (plain dict):
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,46 @@ def load_model(
     model = build_model(state["variant"], config)
     load_state_strict(model, state["model"], source=str(path))
     return model.to(map_location).eval(), state
+
+
+def with_read_options(
+    model: STMNet, *, topk: int | None = None, kernel: float | None = None
+) -> STMNet:
+    """`model` with other memory-read priors (ModelConfig.read_topk / read_kernel), no retraining.
+
+    The priors add no parameters and no module reads them but `read_decode`, so the new model
+    is `model`'s module tree with the `dataclasses.replace`d config and the same weights. `mlvos
+    infer` and `mlvos export` (--read-topk / --read-kernel) and everything that reloads an
+    export's checkpoint (its manifest records the effective config) go through here.
+
+    Args:
+        model: a built model (e.g. from load_model).
+        topk: new ModelConfig.read_topk (0 = off); None keeps the model's.
+        kernel: new ModelConfig.read_kernel (sigma in feature cells, 0 = off); None keeps it.
+
+    Returns:
+        `model` itself when nothing changes; otherwise a new STMNet (same variant, device,
+        dtype, memory format and train/eval mode) sharing `model`'s parameter and buffer tensors.
+
+    Raises:
+        ConfigError: a negative or non-numeric value.
+    """
+    changes = {}
+    if topk is not None:
+        changes["read_topk"] = topk
+    if kernel is not None:
+        is_int = isinstance(kernel, int) and not isinstance(kernel, bool)
+        changes["read_kernel"] = float(kernel) if is_int else kernel
+    config = dataclasses.replace(model.config, **changes)
+    config.validate()
+    if config == model.config:
+        return model
+    # deepcopy with every tensor in the memo: new modules, no weight copied (the paper variant
+    # holds 0.5 GB), non-persistent buffers (input normalization) included.
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    rebuilt = copy.deepcopy(model, memo=shared)
+    rebuilt.config = config
+    return rebuilt
 
 
 def load_state_strict(model: STMNet, state_dict: dict[str, torch.Tensor], *, source: str) -> None:

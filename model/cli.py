@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+READ_PRIORS_NOTE = """\
+Memory-read priors against look-alike objects (ModelConfig; off in every variant; no parameters,
+so `mlvos infer` and `mlvos export` set them on any checkpoint: --read-topk K --read-kernel SIGMA):
+  top-k (STCN; read_topk=K): each query position reads only its K most similar memory positions,
+    so many weak matches (a look-alike instance elsewhere in the frame) cannot add up to one
+    strong one. Cost: a TopK over the T*h*w memory positions of every query position, and a
+    compare and select on the affinity matrix.
+  kernel (KMN, Seong et al. 2020; read_kernel=SIGMA): every memory position finds the query
+    position it matches best and lends its weight mainly within a Gaussian of SIGMA feature cells
+    (stride 16) around it, so a look-alike object away from the target gets little of the
+    target's memory. Cost: an ArgMax over the affinity matrix and two elementwise passes on it.
+  With either, TensorRT cannot fuse the read's attention (manifest: attention_fusable false)."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="model variants: sizes, costs, untrained checkpoints")
@@ -61,6 +74,8 @@ def main_info(args: argparse.Namespace) -> int:
             f"{c.query_gmac:>8.1f} {c.memory_gmac:>8.1f} {c.read_decode_gmac:>9.1f} "
             f"{c.per_frame(args.objects):>8.1f}"
         )
+    print()
+    print(READ_PRIORS_NOTE)
     return 0
 
 

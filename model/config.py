@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +101,11 @@ class ModelConfig:
             memory encoder produces values only. False = STM (keys from the memory encoder).
         similarity: "dot" (STM: q.k / sqrt(Ck)) or "l2" (STCN: -|q - k|^2 / sqrt(Ck), which
             drops the query-only term and adds -|k|^2 / sqrt(Ck) as a per-position bias).
+        read_topk: memory-read prior (STCN): each query position reads only its k most similar
+            memory positions (per object); 0 = off (all T*h*w positions). Adds no parameters.
+        read_kernel: memory-read prior (KMN, Seong et al. 2020): sigma, in stride-16 feature
+            cells, of the Gaussian around the query position that each memory position matches
+            best; 0.0 = off. Adds no parameters. See model/memory.py for both.
     """
 
     query_backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -109,6 +116,8 @@ class ModelConfig:
     freeze_bn: bool = True
     shared_key: bool = False
     similarity: str = "dot"
+    read_topk: int = 0
+    read_kernel: float = 0.0
 
     @property
     def memory(self) -> BackboneConfig:
@@ -129,6 +138,27 @@ class ModelConfig:
         for name in ("key_dim", "value_dim", "decoder_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        k = self.read_topk
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ConfigError(
+                f"read_topk must be an integer >= 0 (0 = read every memory position), got {k!r}"
+            )
+        s = self.read_kernel
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
+            raise ConfigError(
+                f"read_kernel must be a finite number >= 0 (the kernel's sigma in stride-16 "
+                f"feature cells; 0 = off), got {s!r}"
+            )
+
+    @property
+    def read_priors(self) -> tuple[str, ...]:
+        """The memory-read priors that are on, as short descriptions (empty: plain attention)."""
+        on = []
+        if self.read_topk:
+            on.append(f"top-{self.read_topk}")
+        if self.read_kernel:
+            on.append(f"KMN kernel sigma {self.read_kernel:g}")
+        return tuple(on)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -149,6 +179,27 @@ class ModelConfig:
         cfg = cls(**d)
         cfg.validate()
         return cfg
+
+
+def add_read_prior_arguments(parser: argparse.ArgumentParser) -> None:
+    """--read-topk / --read-kernel: override a checkpoint's memory-read priors (see ModelConfig;
+    they add no parameters, so no retraining). Default None keeps the checkpoint's values."""
+    parser.add_argument(
+        "--read-topk",
+        type=int,
+        default=None,
+        metavar="K",
+        help="memory read keeps the K most similar memory positions per query position (STCN "
+        "top-k; 0 = all; default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--read-kernel",
+        type=float,
+        default=None,
+        metavar="SIGMA",
+        help="KMN Gaussian kernel of this sigma (stride-16 feature cells) on the memory read "
+        "(0 = off; default: the checkpoint's)",
+    )
 
 
 def _reject_unknown(cls: type, d: dict[str, Any], what: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mlvos.model.config import add_read_prior_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--capacity", type=int, default=None, help="memory slots (default from spec)")
     p.add_argument("--mem-every", type=int, default=None, help="permanent memory period")
     p.add_argument("--device", default="cpu")
+    add_read_prior_arguments(p)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=main)
 
@@ -38,12 +41,19 @@ def main(args: argparse.Namespace) -> int:
     from mlvos.data.palette import read_frame, read_mask, write_mask
     from mlvos.errors import DatasetError
     from mlvos.fileio import atomic_dir
-    from mlvos.model.checkpoint import load_model
+    from mlvos.model.checkpoint import load_model, with_read_options
     from mlvos.model.inference import propagate
     from mlvos.runtime.spec import DEFAULT_CAPACITY, DEFAULT_MEM_EVERY
 
     torch.set_grad_enabled(False)
-    models = [load_model(c, map_location=args.device)[0] for c in args.checkpoint]
+    models = [
+        with_read_options(
+            load_model(c, map_location=args.device)[0],
+            topk=args.read_topk,
+            kernel=args.read_kernel,
+        )
+        for c in args.checkpoint
+    ]
     root = Path(args.data)
     img_root = root / "JPEGImages" / args.resolution
     ann_root = root / "Annotations" / args.resolution

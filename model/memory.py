@@ -1,4 +1,5 @@
-"""Space-time memory read over a fixed-capacity bank with a validity mask."""
+"""Space-time memory read over a fixed-capacity bank with a validity mask, and two optional
+priors against look-alike objects (top-k, KMN kernel) written as additive logit terms."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import torch
 
 from mlvos.runtime.spec import INVALID_SLOT_BIAS
 
+# Floor of each axis's term of the log-kernel (so the whole term is >= 2 * KERNEL_LOG_FLOOR).
+# exp(-500) is 0 in float32, so the floor changes nothing unless every memory position is that
+# far from a query position; it keeps the logits finite in FP16 graphs (a squared distance in
+# cells divided by 2 sigma^2 overflows there for a small sigma at large frames) and leaves the
+# empty-slot bias (-1e4) ahead of any valid position.
+KERNEL_LOG_FLOOR = -500.0
+
 
 def memory_read(
     query_key: torch.Tensor,
@@ -15,11 +23,16 @@ def memory_read(
     bank_value: torch.Tensor,
     bank_valid: torch.Tensor,
     similarity: str = "dot",
+    *,
+    topk: int = 0,
+    kernel: float = 0.0,
 ) -> torch.Tensor:
     """STM's read: softmax over all T*h*w memory positions of the key affinity.
 
     Written as canonical attention, softmax(Q K^T + bias) V with the softmax on the last axis and
-    the 1/sqrt(Ck) scale applied to Q before the first MatMul, so TensorRT can fuse it.
+    the 1/sqrt(Ck) scale applied to Q before the first MatMul, so TensorRT can fuse it. The
+    priors (both off by default) insert nodes between the first MatMul and the Softmax, so a
+    read with a prior is not fusable; the MatMul -> Softmax -> MatMul stays dense either way.
 
     Args:
         query_key: (O, Ck, h, w) float (one query key per object; expand a shared one).
@@ -30,6 +43,10 @@ def memory_read(
         similarity: "dot" (STM, q.k / sqrt(Ck)) or "l2" (STCN, (2 q.k - |k|^2) / sqrt(Ck), i.e.
             -|q - k|^2 / sqrt(Ck) without the query-only term that the softmax cancels). Both
             stay softmax(Q K^T + bias) V: L2 scales Q by 2 and adds -|k|^2 to the bias.
+        topk: if > 0, each query position reads only its `topk` largest logits over the T*h*w
+            memory positions (STCN); k is clamped to T*h*w. Ties with the k-th value are kept.
+        kernel: if > 0, KMN's Gaussian kernel with this sigma (in feature cells): see
+            kernel_log_prior. Applied before top-k, so top-k ranks the kernel-weighted logits.
 
     Returns:
         (O, Cv, h, w) memory readout. Empty slots get exactly zero weight.
@@ -44,6 +61,89 @@ def memory_read(
     bias = bias.unsqueeze(-1).expand(o, t, h * w).reshape(o, 1, t * h * w)
     if similarity == "l2":
         bias = bias - (k * k).sum(-1).unsqueeze(1) * (1.0 / math.sqrt(ck))
-    attn = torch.softmax(torch.matmul(q, k.transpose(1, 2)) + bias, dim=-1)  # (O, hw, Thw)
+    if not (topk or kernel):
+        attn = torch.softmax(torch.matmul(q, k.transpose(1, 2)) + bias, dim=-1)  # (O, hw, Thw)
+    else:
+        scores = torch.matmul(q, k.transpose(1, 2))  # (O, hw, Thw)
+        logits = scores + bias
+        if kernel:
+            affinity = scores
+            if similarity == "l2":
+                # The argmax runs over query positions, so the query-only term -|q|^2 / sqrt(Ck)
+                # that the softmax cancels counts here (-|k|^2 is constant along that axis).
+                q2 = (query_key * query_key).sum(1).flatten(1).unsqueeze(-1)  # (O, hw, 1)
+                affinity = scores - q2 * (1.0 / math.sqrt(ck))
+            logits = logits + kernel_log_prior(affinity, h, w, kernel)
+        if topk:
+            logits = keep_topk(logits, topk)
+        attn = torch.softmax(logits, dim=-1)
     out = torch.matmul(attn, v)  # (O, hw, Cv)
     return out.transpose(1, 2).reshape(o, cv, h, w)
+
+
+def kernel_log_prior(
+    affinity: torch.Tensor, h: int | torch.Tensor, w: int | torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """Log of KMN's memory-to-query Gaussian kernel (Seong et al., ECCV 2020).
+
+    Each memory position p finds the query position it matches best, q^(p) = argmax_q
+    affinity(q, p); the read's weight of p for query position q is then multiplied by
+    g(p, q) = exp(-|pos(q) - pos(q^(p))|^2 / (2 sigma^2)), i.e. -d^2 / (2 sigma^2) is added to
+    the logit. A look-alike object elsewhere in the query frame then borrows little from the
+    memory of the target, whose best matches sit around the target.
+
+    Export: ArgMax, integer Div/Mul/Sub for (row, col), Range for the grid (h, w dynamic); the
+    squared distance is separable, so the two axes are computed on small (O, h|w, Thw) tables
+    and only their sum is (O, hw, Thw). Each axis's term is floored at KERNEL_LOG_FLOOR.
+
+    Args:
+        affinity: (O, hw, Thw) float, query positions (row-major over h x w) by memory positions;
+            only its argmax over axis 1 is used (not differentiated).
+        h, w: the feature grid (ints, or traced sizes during export).
+        sigma: kernel width in feature cells, > 0.
+
+    Returns:
+        (O, hw, Thw) log-kernel in [2 * KERNEL_LOG_FLOOR, 0], computed in float32 and returned
+        in affinity's dtype.
+    """
+    o, hw, n = affinity.shape
+    best = affinity.argmax(dim=1)  # (O, Thw) int64, flat index row * w + col
+    # Indices are >= 0, so truncation is floor division (a plain ONNX Div on int64).
+    best_row = torch.div(best, w, rounding_mode="trunc")
+    best_col = best - best_row * w
+    # Positions and distances in float32 whatever the model's dtype: fp16/bf16 hold integers
+    # exactly only up to 2048/256.
+    dev = affinity.device
+    rows = torch.arange(h, device=dev).to(torch.float32).view(1, -1, 1)  # (1, h, 1)
+    cols = torch.arange(w, device=dev).to(torch.float32).view(1, -1, 1)  # (1, w, 1)
+    neg_inv = -1.0 / (2.0 * sigma * sigma)
+    dr = rows - best_row.to(torch.float32).unsqueeze(1)  # (O, h, Thw)
+    dc = cols - best_col.to(torch.float32).unsqueeze(1)  # (O, w, Thw)
+    term_r = (dr * dr * neg_inv).clamp(min=KERNEL_LOG_FLOOR)
+    term_c = (dc * dc * neg_inv).clamp(min=KERNEL_LOG_FLOOR)
+    log_g = (term_r.unsqueeze(2) + term_c.unsqueeze(1)).reshape(o, hw, n)  # (O, h, w, Thw) flat
+    return log_g.to(affinity.dtype)
+
+
+def keep_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Logits with every entry below its row's k-th largest replaced by INVALID_SLOT_BIAS.
+
+    Export-friendly top-k: TopK gives only the threshold (its values output); the Softmax and
+    the second MatMul stay dense, with no scatter. A replaced entry's weight is exp(-1e4 -
+    max) = 0 in fp32 and fp16, like an empty slot's.
+
+    Args:
+        logits: (O, hw, Thw) float.
+        k: >= 1; clamped to Thw at run time (h and w are dynamic in the exported graph, so the
+            clamp is a Min on the traced shape there).
+
+    Returns:
+        (O, hw, Thw) logits.
+    """
+    n = logits.shape[-1]
+    if isinstance(n, torch.Tensor):  # traced size (export): K becomes Min(k, Thw) in the graph
+        k = torch.minimum(n, torch.tensor(k, dtype=n.dtype))
+    else:
+        k = min(k, n)
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (O, hw, 1)
+    return torch.where(logits >= kth, logits, logits.new_tensor(INVALID_SLOT_BIAS))

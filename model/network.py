@@ -113,7 +113,7 @@ class STMNet(nn.Module):
         bank_value: torch.Tensor,
         bank_valid: torch.Tensor,
     ) -> torch.Tensor:
-        """Memory read over a fixed-capacity bank, then the decoder.
+        """Memory read over a fixed-capacity bank (with the config's read priors), then decoder.
 
         Args:
             query: QueryFeatures with batch 1 (shared by all objects) or O.
@@ -127,7 +127,16 @@ class STMNet(nn.Module):
             self.check_bank(query, bank_key, bank_value, bank_valid)
         o = bank_key.shape[0]
         key, value, skip8, skip4 = (t.expand(o, *t.shape[1:]) for t in query)
-        readout = memory_read(key, bank_key, bank_value, bank_valid, self.config.similarity)
+        cfg = self.config
+        readout = memory_read(
+            key,
+            bank_key,
+            bank_value,
+            bank_valid,
+            cfg.similarity,
+            topk=cfg.read_topk,
+            kernel=cfg.read_kernel,
+        )
         return self.decoder(torch.cat([readout, value], dim=1), skip8, skip4)
 
     @staticmethod

@@ -80,7 +80,11 @@ def open_runner(
         if ckpt is None or not ckpt.is_file():
             raise InputError(f"{path} records no checkpoint file; pass the checkpoint itself")
         return TorchRunner(
-            ckpt, device=device, precision=precision, capacity=capacity or manifest.capacity
+            ckpt,
+            device=device,
+            precision=precision,
+            capacity=capacity or manifest.capacity,
+            **manifest.read_options,  # the export may override the checkpoint's read priors
         )
     if path.is_file():
         return TorchRunner(

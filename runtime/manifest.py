@@ -28,6 +28,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def read_options(data: dict[str, Any]) -> dict[str, Any]:
+    """Manifest.read_options of a manifest.json dict (for callers that hold the raw dict)."""
+    config = data.get("config") or {}
+    return {"read_topk": config.get("read_topk"), "read_kernel": config.get("read_kernel")}
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -104,6 +110,14 @@ class Manifest:
     def precisions(self) -> list[str]:
         sets = [set(self.data["graphs"].get(g, {})) for g in Graph.ALL]
         return sorted(set.intersection(*sets)) if sets else []
+
+    @property
+    def read_options(self) -> dict[str, Any]:
+        """The memory-read priors the graphs were exported with (an export may override its
+        checkpoint's, see `mlvos export --read-topk/--read-kernel`), as keyword arguments of
+        TorchRunner: {"read_topk": int | None, "read_kernel": float | None}, None where the
+        manifest's config predates the option (the checkpoint's value then applies)."""
+        return read_options(self.data)
 
     @property
     def checkpoint_path(self) -> Path | None:

@@ -21,6 +21,8 @@ class TorchRunner:
         precision: "fp32", "fp16" (needs CUDA) or "bf16" (CPU or CUDA).
         capacity: memory slots.
         channels_last: use NHWC memory format for convolutions (faster on tensor cores).
+        read_topk / read_kernel: memory-read priors to run with instead of the checkpoint's
+            (an export's manifest records them: Manifest.read_options); None keeps them.
     """
 
     name = "torch"
@@ -33,9 +35,11 @@ class TorchRunner:
         precision: str = "fp32",
         capacity: int,
         channels_last: bool | None = None,
+        read_topk: int | None = None,
+        read_kernel: float | None = None,
     ):
         torch = require("torch", "train", "the torch backend")
-        from mlvos.model.checkpoint import load_model
+        from mlvos.model.checkpoint import load_model, with_read_options
 
         if precision not in ("fp32", "fp16", "bf16"):
             raise InputError(f"the torch backend runs fp32, fp16 or bf16, got {precision!r}")
@@ -47,6 +51,7 @@ class TorchRunner:
             precision
         ]
         model, _ = load_model(checkpoint, map_location=device)
+        model = with_read_options(model, topk=read_topk, kernel=read_kernel)
         self.model = model.to(self.dtype)
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         if self.channels_last:

@@ -164,3 +164,32 @@ def test_rerun_reuses_cache_ort_auto(calibrated, calib_data, tmp_path):
         sha256_file(copy / "read_decoder.int8.onnx")
         == (manifest["graphs"]["read_decoder"]["int8"]["sha256"])
     )
+
+
+def test_read_prior_graph_calibrates(calib_data, tmp_path):
+    # A read with priors (top-k, KMN kernel) has no fusable attention chain: calibration finds
+    # no "attention" candidate and quantizes the rest. Keep "attention" requested explicitly.
+    import torch
+
+    from mlvos.export.api import export_checkpoint
+    from mlvos.model.checkpoint import save_checkpoint
+    from mlvos.model.registry import build_model
+
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", build_model("tiny", seed=0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export = export_checkpoint(ckpt, tmp_path / "export", capacity=4,
+                                   precisions=("fp32",), validate=False,
+                                   representative_size=(64, 96), representative_frames=2,
+                                   log=None, read_topk=20, read_kernel=2.0)
+    finally:
+        torch.set_num_threads(before)
+    report = calibrate(export, calib_data, tmp_path / "out", samples=4,
+                       keep_fp32=("attention", "logits_conv"), log=None)
+    section = report["graphs"][Graph.READ_DECODER]
+    assert "attention" not in section["candidates"] and "logits_conv" in section["candidates"]
+    entry = _manifest(export)["graphs"][Graph.READ_DECODER]["int8"]
+    model = onnx.load(str(export / entry["file"]))
+    assert find_unsupported(model) == []
+    assert {"TopK", "ArgMax"} <= {n.op_type for n in model.graph.node}

@@ -8,6 +8,7 @@ def test_model_info_prints_table(capsys):
     assert main(["model", "info", "--variant", "tiny", "stm-r50"]) == 0
     out = capsys.readouterr().out
     assert "tiny" in out and "stm-r50" in out and "params (M)" in out
+    assert "--read-topk K --read-kernel SIGMA" in out  # the read priors are documented
 
 
 def test_model_info_unknown_variant(capsys):

@@ -79,6 +79,17 @@ def _cli(argv):
     return args.func(args)
 
 
+def test_bad_read_priors(checkpoint, tmp_path):
+    from mlvos.errors import ConfigError
+    from mlvos.export.errors import UnsupportedOpError
+
+    with pytest.raises(UnsupportedOpError, match="K <= 3840 that TensorRT 10.3's TopK takes"):
+        _export(checkpoint, tmp_path / "out", read_topk=4000)
+    with pytest.raises(ConfigError, match="read_kernel must be a finite number >= 0"):
+        _export(checkpoint, tmp_path / "out", read_kernel=-1.0)
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_argument_errors(tmp_path):
     with pytest.raises(InputError, match="needs --checkpoint CKPT and --out DIR"):
         _cli(["--out", str(tmp_path / "o")])

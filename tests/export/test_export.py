@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from mlvos.errors import InputError
 from mlvos.export import check_export, export_checkpoint
 from mlvos.export import cli as export_cli
 from mlvos.export.errors import ValidationFailedError
@@ -416,3 +417,96 @@ def test_shared_key_memory_encoder_takes_the_query_key(export_dir, model):
         atol = 1e-4 if precision == "fp32" else 3e-2 * float(np.abs(ref[T.MEM_VALUE]).max())
         np.testing.assert_allclose(mem_value.astype(np.float32), ref[T.MEM_VALUE],
                                    atol=atol, rtol=1e-3)
+
+
+# ------------------------------------------------------- memory-read priors (top-k, KMN kernel)
+PRIOR_TOPK, PRIOR_KERNEL = 80, 1.5  # k = 80 > T*h*w = 64 at 64x64, < 240 at 96x160
+
+
+@pytest.fixture(scope="module")
+def prior_export(tmp_path_factory, checkpoint) -> Path:
+    """The decisive tiny model exported (fp32 + fp16, validated) with both read priors
+    overriding its checkpoint's (off)."""
+    out = tmp_path_factory.mktemp("prior") / "tiny"
+    return _export(checkpoint, out, read_topk=PRIOR_TOPK, read_kernel=PRIOR_KERNEL)
+
+
+def test_prior_export_records_config_and_unfusable_attention(prior_export):
+    from mlvos.export.trt_ops import find_unsupported
+
+    manifest = json.loads((prior_export / MANIFEST_FILE).read_text())
+    assert manifest["config"]["read_topk"] == PRIOR_TOPK
+    assert manifest["config"]["read_kernel"] == PRIOR_KERNEL
+    for precision in ("fp32", "fp16"):
+        entry = manifest["graphs"][Graph.READ_DECODER][precision]
+        assert entry["attention_fusable"] is False
+        assert "top-80" in entry["attention_note"] and "sigma 1.5" in entry["attention_note"]
+        model = onnx.load(str(prior_export / entry["file"]))
+        ops = {n.op_type for n in model.graph.node}
+        assert {"TopK", "ArgMax", "MatMul", "Softmax"} <= ops
+        assert find_unsupported(model) == []  # TensorRT 10.3 parses every node
+        assert find_attention(model) is None
+    report = json.loads((prior_export / VALIDATION_FILE).read_text())
+    assert report["passed"] and report["graphs"][Graph.READ_DECODER]["fp16"]["real"]["passed"]
+
+
+@pytest.mark.parametrize("objects, height, width", [(2, 64, 64), (1, 96, 160)])
+def test_prior_read_decoder_matches_torch_at_two_sizes(prior_export, model, objects, height, width):
+    from mlvos.model.checkpoint import with_read_options
+
+    prior = with_read_options(model, topk=PRIOR_TOPK, kernel=PRIOR_KERNEL)
+    feed = _random_feed(prior, Graph.READ_DECODER, objects, height, width, seed=4)
+    feed[T.BANK_VALID][:, -1] = 0.0  # one empty slot
+    ref = _torch(prior, Graph.READ_DECODER, feed)
+    got = _session(prior_export, Graph.READ_DECODER, "fp32").run(list(ref), feed)
+    for name, g in zip(ref, got, strict=True):
+        if g.dtype == np.uint8:
+            assert np.mean(g != ref[name]) < 1e-3, name
+        else:
+            np.testing.assert_allclose(g, ref[name], atol=1e-4, rtol=1e-3, err_msg=name)
+    # The priors change the read, so the comparison is not one of plain reads.
+    plain = _torch(model, Graph.READ_DECODER, feed)
+    assert np.abs(plain[T.LOGITS] - ref[T.LOGITS]).max() > 1e-2
+
+
+def test_prior_fp16_stays_finite(prior_export, model):
+    from mlvos.model.checkpoint import with_read_options
+
+    prior = with_read_options(model, topk=PRIOR_TOPK, kernel=PRIOR_KERNEL)
+    session = _session(prior_export, Graph.READ_DECODER, "fp16")
+    types = {i.name: i.type for i in session.get_inputs()}
+    for height, width in [(64, 64), (96, 160)]:
+        feed = _random_feed(prior, Graph.READ_DECODER, 2, height, width, seed=5)
+        feed[T.BANK_VALID][1, 1:] = 0.0
+        ref = _torch(prior, Graph.READ_DECODER, feed)
+        feed16 = {k: v.astype(np.float16) if types[k] == "tensor(float16)" else v
+                  for k, v in feed.items()}
+        logits, probs = session.run([T.LOGITS, T.OBJ_PROBS], feed16)
+        assert np.isfinite(logits).all() and np.isfinite(probs).all()
+        scale = float(np.abs(ref[T.LOGITS]).max())
+        np.testing.assert_allclose(logits, ref[T.LOGITS], atol=3e-2 * max(1.0, scale), rtol=0)
+
+
+def test_torch_backend_runs_the_exported_read(prior_export):
+    # checkpoint.pt has the priors off; the manifest's config has them on.
+    from mlvos.runtime.loader import open_runner
+
+    with open_runner(prior_export, backend="torch") as runner:
+        config = runner.model.config
+    assert (config.read_topk, config.read_kernel) == (PRIOR_TOPK, PRIOR_KERNEL)
+
+
+def test_cli_read_overrides_and_check(checkpoint, prior_export, tmp_path):
+    out = tmp_path / "cli"
+    argv = ["--checkpoint", str(checkpoint), "--out", str(out), "--capacity", "2"]
+    assert _cli([*argv, "--precision", "fp32", "--no-validate", "--read-topk", "5",
+                 "--read-kernel", "2"]) == 0
+    config = json.loads((out / MANIFEST_FILE).read_text())["config"]
+    assert (config["read_topk"], config["read_kernel"]) == (5, 2.0)
+    # --check rebuilds the model from checkpoint.pt (priors off) + the manifest's config (on):
+    # ORT and PyTorch agree only if the overrides reach the torch side too.
+    copy = tmp_path / "check"
+    shutil.copytree(prior_export, copy)
+    assert _cli(["--check", str(copy)]) == 0
+    with pytest.raises(InputError, match="--check DIR takes no"):
+        _cli(["--check", str(copy), "--read-topk", "3"])

@@ -91,3 +91,99 @@ def test_imagenet_weights_load_into_every_backbone(tmp_path):
         assert torch.equal(enc.backbone.levels[0].down.conv1.weight, sd["conv1.weight"])
     with pytest.raises(CheckpointError, match="do not fit"):
         load_imagenet_weights(build_model("tiny"), path)
+
+
+# ---------------------------------------------------------------------- memory-read priors
+def test_read_priors_config_round_trip_and_old_configs(tiny_ckpt):
+    import dataclasses
+
+    from mlvos.model.config import ModelConfig
+
+    model, path = tiny_ckpt
+    cfg = dataclasses.replace(model.config, read_topk=20, read_kernel=7.0)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.read_priors == ("top-20", "KMN kernel sigma 7")
+    # A checkpoint written before the options existed has neither key: both default to off.
+    old = torch.load(path, weights_only=True)["config"]
+    for key in ("read_topk", "read_kernel"):
+        old.pop(key)
+    loaded = ModelConfig.from_dict(old)
+    assert (loaded.read_topk, loaded.read_kernel, loaded.read_priors) == (0, 0.0, ())
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"read_topk": -1}, "read_topk must be an integer >= 0"),
+        ({"read_topk": 2.5}, "read_topk must be an integer >= 0"),
+        ({"read_topk": True}, "read_topk must be an integer >= 0"),
+        ({"read_kernel": -0.5}, "read_kernel must be a finite number >= 0"),
+        ({"read_kernel": float("nan")}, "read_kernel must be a finite number >= 0"),
+        ({"read_kernel": "7"}, "read_kernel must be a finite number >= 0"),
+    ],
+)
+def test_read_priors_bad_values(tiny_ckpt, changes, match):
+    from mlvos.errors import ConfigError
+    from mlvos.model.checkpoint import with_read_options
+    from mlvos.model.config import ModelConfig
+
+    model, _ = tiny_ckpt
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig.from_dict({**model.config.to_dict(), **changes})
+    key, value = next(iter(changes.items()))
+    with pytest.raises(ConfigError, match=match):
+        with_read_options(model, **{key.removeprefix("read_"): value})
+
+
+def test_with_read_options_keeps_weights_and_changes_the_read(tiny_ckpt):
+    from mlvos.model.checkpoint import with_read_options
+
+    model, _ = tiny_ckpt
+    model.eval()
+    assert with_read_options(model) is model and with_read_options(model, topk=0) is model
+    rng = torch.random.get_rng_state()
+    prior = with_read_options(model, topk=3, kernel=1)
+    assert torch.equal(rng, torch.random.get_rng_state())  # nothing re-initialized
+    assert (prior.config.read_topk, prior.config.read_kernel) == (3, 1.0)
+    assert model.config.read_topk == 0 and not prior.training and prior.variant == "tiny"
+    for (k, a), (_, b) in zip(model.state_dict().items(), prior.state_dict().items()):
+        assert a.data_ptr() == b.data_ptr(), k  # shared, not copied
+    x = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        q = model.encode_query(x)
+        k, v = model.encode_memory(x, torch.rand(2, 64, 96), q.key)
+        bank = (k[:, None], v[:, None], torch.ones(2, 1))
+        assert not torch.equal(prior.read_decode(q, *bank), model.read_decode(q, *bank))
+        back = with_read_options(prior, topk=0, kernel=0.0)
+        assert back.config == model.config
+        assert torch.equal(back.read_decode(q, *bank), model.read_decode(q, *bank))
+
+
+def test_infer_cli_applies_read_overrides(tiny_ckpt, tmp_path, monkeypatch):
+    import argparse
+
+    import numpy as np
+
+    from mlvos.data.synth import make_synthetic_dataset
+    from mlvos.model import infer_cli, inference
+
+    _, path = tiny_ckpt
+    data = make_synthetic_dataset(tmp_path / "D", sequences=1, frames=2, seed=1, height=64,
+                                  width=64)
+    seen = []
+
+    def fake_propagate(models, frames, mask, **kw):  # records the models, segments nothing
+        seen.extend(models)
+        return (np.zeros_like(mask) for _ in frames)
+
+    monkeypatch.setattr(inference, "propagate", fake_propagate)
+    parser = argparse.ArgumentParser()
+    infer_cli.register(parser.add_subparsers())
+    base = ["infer", "--checkpoint", str(path), "--data", str(data)]
+    with torch.enable_grad():  # restored on exit: `mlvos infer` disables autograd globally
+        args = parser.parse_args([*base, "--out", str(tmp_path / "a"), "--read-topk", "20",
+                                  "--read-kernel", "7"])
+        assert args.func(args) == 0
+        args = parser.parse_args([*base, "--out", str(tmp_path / "b")])
+        assert args.func(args) == 0
+    assert [(m.config.read_topk, m.config.read_kernel) for m in seen] == [(20, 7.0), (0, 0.0)]
