@@ -37,25 +37,70 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mem-every", type=int, default=None, help="keep every N-th frame in memory")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (ort)")
     p.add_argument("--overlay", default=None, help="also write an overlay video (.mp4)")
+    p.add_argument(
+        "--contact-sheet", default=None, metavar="PATH",
+        help="also write one image (.jpg or .png) with the overlays of --sheet-frames in a grid, "
+        "at most 1600 px wide",
+    )
+    p.add_argument(
+        "--sheet-frames", type=_frame_list, default=None, metavar="I,J,...",
+        help="0-based frames of the contact sheet, e.g. 0,100,200,400,790 (default: 5 evenly "
+        "spaced frames from the first to the last processed)",
+    )
+    p.add_argument(
+        "--frames", type=_positive_int, default=None, metavar="N",
+        help="process only the first N frames",
+    )
     p.set_defaults(func=main)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text}")
+    return value
+
+
+def _frame_list(text: str) -> list[int]:
+    try:
+        frames = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated frame numbers like 0,100,200, received {text!r}") from None
+    if not frames or min(frames) < 0:
+        raise argparse.ArgumentTypeError(f"expected frame numbers >= 0, received {text!r}")
+    return frames
+
+
 def main(args: argparse.Namespace) -> int:
+    import itertools
     import time
     from pathlib import Path
 
     import numpy as np
 
-    from mlvos.errors import require
+    from mlvos.errors import InputError, require
     from mlvos.runtime.loader import open_runner
     from mlvos.runtime.predictor import STAGES, VideoPredictor
     from mlvos.runtime.spec import DEFAULT_MEM_EVERY
-    from mlvos.runtime.video_io import FrameSource, OverlayWriter
+    from mlvos.runtime.video_io import ContactSheet, FrameSource, OverlayWriter, draw_overlay
 
     palette_io = require("mlvos.data.palette", "ort", "reading/writing palette PNGs")
     tqdm = require("tqdm", "ort", "progress bars").tqdm
     source = FrameSource(args.input)
     mask = palette_io.read_mask(args.mask)
+    total_frames = min(len(source), args.frames or len(source))
+    sheet = None
+    if args.contact_sheet:
+        sheet_frames = args.sheet_frames or sorted(
+            {round(float(x)) for x in np.linspace(0, max(total_frames - 1, 0), 5)})
+        late = [i for i in sheet_frames if i >= total_frames]
+        if late:
+            raise InputError(
+                f"--sheet-frames {late} are past the last frame to process ({total_frames - 1}: "
+                f"{len(source)} frames in {args.input}"
+                + (f", --frames {args.frames}" if args.frames else "") + "); pick smaller ones")
+        sheet = ContactSheet(args.contact_sheet, sheet_frames)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overlay = OverlayWriter(args.overlay, getattr(source, "fps", 25.0)) if args.overlay else None
@@ -81,11 +126,16 @@ def main(args: argparse.Namespace) -> int:
                 profile=True,
             )
             pred.add_mask(0, mask)
-            for name, frame in tqdm(zip(source.names, source), total=len(source), unit="frame"):
+            frames = itertools.islice(zip(source.names, source), total_frames)
+            for i, (name, frame) in enumerate(tqdm(frames, total=total_frames, unit="frame")):
                 labels = pred.step(frame)
                 palette_io.write_mask(out / f"{name}.png", labels)
-                if overlay:
-                    overlay.write(frame, labels, palette)
+                if overlay or (sheet and sheet.wants(i)):
+                    image = draw_overlay(frame, labels, palette)
+                    if overlay:
+                        overlay.write_image(image)
+                    if sheet and sheet.wants(i):
+                        sheet.add(i, image)
                 n += 1
         ok = True
     finally:
@@ -102,4 +152,10 @@ def main(args: argparse.Namespace) -> int:
         + ", ".join(f"{s} {np.mean(pred.timings[s][1:] or pred.timings[s]):.1f}" for s in STAGES)
     )
     print(f"masks written to {out}")
+    if sheet:
+        if sheet.missing:
+            print(f"warning: the video ended before frame(s) {sheet.missing} (its header said "
+                  f"{len(source)} frames); the contact sheet shows the others")
+        print(f"contact sheet of frames {[i for i in sheet.frames if i in sheet.tiles]} "
+              f"written to {sheet.save()}")
     return 0

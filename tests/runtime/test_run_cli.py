@@ -83,3 +83,35 @@ def test_missing_input_is_a_clean_error(export_dir, video, tmp_path, capsys):
     _, mask, _ = video
     assert _run(export_dir, tmp_path / "nope", mask, tmp_path / "o") == 1
     assert "neither a folder of images nor a video" in capsys.readouterr().err
+
+
+def test_frames_limit_and_contact_sheet(export_dir, video, tmp_path, capsys):
+    from PIL import Image
+
+    from mlvos.data.palette import davis_palette, read_frame
+    from mlvos.runtime.video_io import draw_overlay
+
+    frames, mask, seq = video
+    out, sheet = tmp_path / "masks", tmp_path / "sheet.png"
+    assert _run(export_dir, frames, mask, out, "--frames", "4", "--contact-sheet", str(sheet),
+                "--overlay", str(tmp_path / "overlay.mp4")) == 0
+    assert [p.stem for p in sorted(out.glob("*.png"))] == ["00000", "00001", "00002", "00003"]
+    text = capsys.readouterr().out
+    assert "4 frames in" in text and "contact sheet of frames [0, 1, 2, 3]" in text
+    # default frames: 5 evenly spaced over the 4 processed -> 0..3, a 2x2 grid with 4 px gaps
+    grid = np.asarray(Image.open(sheet))
+    assert grid.shape == (2 * 64 + 4, 2 * 96 + 4, 3)
+    # the last tile (frame 3) is the --overlay drawing of that frame, away from its label
+    expected = draw_overlay(read_frame(frames / "00003.jpg"), read_mask(out / "00003.png"),
+                            davis_palette())
+    assert np.array_equal(grid[68 + 30:, 100:], expected[30:])
+    assert (grid[68 + 30:, 100:] != read_frame(frames / "00003.jpg")[30:]).any()
+
+
+def test_contact_sheet_frames_past_the_end_are_refused(export_dir, video, tmp_path, capsys):
+    frames, mask, _ = video
+    argv = ["--frames", "3", "--contact-sheet", str(tmp_path / "s.jpg"), "--sheet-frames", "0,2,5"]
+    assert _run(export_dir, frames, mask, tmp_path / "o", *argv) == 1
+    err = capsys.readouterr().err
+    assert "--sheet-frames [5] are past the last frame to process (2" in err
+    assert not (tmp_path / "s.jpg").exists()
