@@ -46,6 +46,20 @@ def test_ort_matches_torch_reference(export_dir, precision, bar):
     assert min(ious) >= bar, ious
 
 
+def test_flushing_denormals_changes_no_mask(export_dir):
+    # Flushing is on by default (real footage produces denormal softmax tails that x86 handles
+    # ~100x slower); it must not change a single label.
+    from mlvos.runtime.backends.onnxrt import OrtRunner
+    from mlvos.runtime.manifest import Manifest
+
+    video = _video(n=10)
+    with OrtRunner(Manifest.load(export_dir), flush_denormals=False) as runner:
+        slow = _propagate(runner, video)
+    with open_runner(export_dir, backend="ort") as runner:
+        fast = _propagate(runner, video)
+    assert all((a == b).all() for a, b in zip(slow, fast))
+
+
 def test_query_encoder_runs_once_per_frame(export_dir):
     # tiny's memory graph takes the frame's query key: the predictor hands over the query it
     # already computed, and only the annotated first frame (no read) is encoded for it.
