@@ -71,6 +71,47 @@ run: $(STAMP) .cache/demo/export/manifest.json ## mlvos run on a synthetic demo 
 		--mask $(DEMO_DATA)/Annotations/480p/$(RUN_SEQ)/00000.png --out $(RUN_DIR)/masks \
 		--overlay $(RUN_DIR)/overlay.mp4 $(RUN_ARGS)
 
+# `make vtest`: the tracker on real footage without ground truth (OpenCV's vtest.avi, fetched from
+# the Debian package opencv-doc with apt-get, cached in $(VTEST_DIR)) with the demo's export (made
+# by `make demo` if absent): masks, overlay video, contact sheet, then the label-free checks
+# (area <= 2x the first frame's, one connected piece) per object in $(VTEST_DIR)/track.json.
+# The masks folder is emptied first: masks left by an earlier, longer run would be counted.
+VTEST_DIR   ?= .cache/vtest
+VTEST_MODEL ?= .cache/demo/export
+VTEST_SHEET ?= 0,100,200,400,790
+VTEST_ARGS  ?=
+
+.PHONY: vtest
+vtest: $(STAMP) $(VTEST_MODEL)/manifest.json ## demo model on OpenCV's vtest.avi: overlay, contact sheet, tracking checks (VTEST_ARGS=...)
+	$(BIN)/mlvos data vtest --out $(VTEST_DIR)
+	rm -rf $(VTEST_DIR)/masks
+	$(BIN)/mlvos run --model $(VTEST_MODEL) --input $(VTEST_DIR)/vtest.avi \
+		--mask $(VTEST_DIR)/00000.png --out $(VTEST_DIR)/masks --overlay $(VTEST_DIR)/overlay.mp4 \
+		--contact-sheet $(VTEST_DIR)/contact.jpg --sheet-frames $(VTEST_SHEET) $(VTEST_ARGS)
+	$(BIN)/mlvos eval --pred $(VTEST_DIR)/masks --first-mask $(VTEST_DIR)/00000.png \
+		--json $(VTEST_DIR)/track.json
+
+# `make natural-val`: the held-out natural validation set (photographs the training never sees:
+# OpenCV's samples as backgrounds, held-out Tux Paint cut-outs); `make eval-natural CKPT=...`
+# propagates a checkpoint over it with the PyTorch reference and prints J&F per attribute next
+# to the copy-first-mask baseline.
+NATURAL_VAL ?= .cache/natural-val
+NATURAL_DIR ?= .cache/eval-natural
+
+.PHONY: natural-val eval-natural
+$(NATURAL_VAL)/natural.json: | $(STAMP)
+	$(BIN)/mlvos data synth --style natural --out $(NATURAL_VAL) --sequences 12 --frames 40 \
+		--seed 2027 --split val --force
+
+natural-val: $(STAMP) $(NATURAL_VAL)/natural.json ## held-out natural validation set (12 x 40, seed 2027)
+
+eval-natural: $(STAMP) $(NATURAL_VAL)/natural.json ## J&F of CKPT on the natural validation set + copy-first baseline
+	$(BIN)/mlvos infer --checkpoint $(CKPT) --data $(NATURAL_VAL) --out $(NATURAL_DIR)/pred --force
+	$(BIN)/mlvos eval --gt $(NATURAL_VAL)/Annotations/480p --baseline-out $(NATURAL_DIR)/copy-first \
+		--force --json $(NATURAL_DIR)/copy-first.json
+	$(BIN)/mlvos eval --gt $(NATURAL_VAL)/Annotations/480p --pred $(NATURAL_DIR)/pred \
+		--json $(NATURAL_DIR)/jf.json
+
 gpu-check: $(STAMP) ## time-boxed GPU check: torch backend, paper, FP16/FP32 (OUT=dir)
 	$(BIN)/mlvos profile gpu-check --out $(OUT)
 

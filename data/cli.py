@@ -1,4 +1,5 @@
-"""`mlvos data`: make a synthetic DAVIS-layout dataset (`synth`) or check a dataset (`check`)."""
+"""`mlvos data`: make a synthetic or natural DAVIS-layout dataset (`synth`), install the photo
+set (`photos`), fetch the real-footage check (`vtest`), or check a dataset (`check`)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,43 @@ def register(subparsers) -> None:
     synth.add_argument("--exit-prob", type=float, default=0.3,
                        help="share of sequences where an object leaves and re-enters (0.3)")
     synth.add_argument("--force", action="store_true", help="replace --out if it exists")
+    synth.add_argument("--style", choices=("synth", "natural"), default="synth",
+                       help="synth: procedural textures (colour separates the objects); natural: "
+                       "photographic backgrounds with camera motion, photo cut-outs, look-alikes, "
+                       "camouflage, occlusion (see mlvos.data.natural) (synth)")
+    synth.add_argument("--photos", default=None, metavar="DIR",
+                       help="natural style: photographs (an `mlvos data photos` folder, whose "
+                       "--split half is used, or any folder of images; default: $MLVOS_PHOTOS "
+                       "or ~/.cache/mlvos/photos, installed on first use)")
     synth.set_defaults(func=main)
+
+    photos = sub.add_parser(
+        "photos", help="install the natural photo set (Debian packages; offline afterwards)",
+        description="Fetch photographs from Debian packages with apt-get (no root): wallpapers "
+                    "for training backgrounds, OpenCV's sample photos for validation backgrounds, "
+                    "Tux Paint's photographic stamps (RGBA cut-outs) split 85/15 by name. "
+                    "Writes DIR/photos.json (sources, versions, sha256) and each package's "
+                    "copyright file. A complete DIR is reused.",
+    )
+    photos.add_argument("--out", default=None, metavar="DIR",
+                        help="folder (default: $MLVOS_PHOTOS or ~/.cache/mlvos/photos)")
+    photos.add_argument("--force", action="store_true", help="download again and rebuild")
+    photos.set_defaults(func=main)
+
+    vtest = sub.add_parser(
+        "vtest", help="OpenCV's vtest.avi + a hand-drawn first-frame mask (real footage, no GT)",
+        description="Fetch vtest.avi (768x576, 795 frames, fixed camera over walking people) from "
+                    "the Debian package opencv-doc 4.6.0+dfsg-12 with apt-get (no root) and write "
+                    "DIR/vtest.avi, DIR/00000.png (ids 1, 2: two people, 3: the parked van) and "
+                    "DIR/vtest.json. A complete DIR is reused. Check a tracker on it with "
+                    "`mlvos run` then `mlvos eval --pred MASKS --first-mask DIR/00000.png`.",
+    )
+    vtest.add_argument("--out", required=True, help="output folder (reused when complete)")
+    vtest.add_argument("--force", action="store_true",
+                       help="download again and rebuild; replace a folder made by something else")
+    vtest.add_argument("--video", default=None, metavar="PATH",
+                       help="use this local copy of vtest.avi instead of apt-get (sha256-checked)")
+    vtest.set_defaults(func=main)
 
     check = sub.add_parser(
         "check", help="validate a DAVIS-layout folder and list sequences/frames/objects",
@@ -49,6 +86,10 @@ def main(args: argparse.Namespace) -> int:
     command = getattr(args, "data_command", None)
     if command == "synth":
         return _synth(args)
+    if command == "vtest":
+        return _vtest(args)
+    if command == "photos":
+        return _photos(args)
     if command == "check":
         return _check(args)
     args.data_parser.print_help()
@@ -58,17 +99,66 @@ def main(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     import time
 
-    from mlvos.data.synth import make_synthetic_dataset
-
     start = time.perf_counter()
-    out = make_synthetic_dataset(
-        args.out, sequences=args.sequences, frames=args.frames, seed=args.seed,
-        height=args.height, width=args.width, min_objects=args.min_objects,
-        max_objects=args.max_objects, split=args.split, exit_prob=args.exit_prob,
-        force=args.force, progress=True,
-    )
+    if args.style == "natural":
+        from mlvos.data.natural import make_natural_dataset
+        from mlvos.data.photos import PhotoLibrary, resolve_photos_dir
+
+        photos = PhotoLibrary(resolve_photos_dir(args.photos),
+                              split="val" if args.split == "val" else "train")
+        print(f"photographs: {photos}")
+        out = make_natural_dataset(
+            args.out, photos, sequences=args.sequences, frames=args.frames, seed=args.seed,
+            height=args.height, width=args.width, min_objects=args.min_objects,
+            max_objects=args.max_objects,
+            split=args.split, force=args.force, progress=True)
+    else:
+        if args.photos is not None:
+            from mlvos.errors import InputError
+
+            raise InputError("--photos is for --style natural")
+        from mlvos.data.synth import make_synthetic_dataset
+
+        out = make_synthetic_dataset(
+            args.out, sequences=args.sequences, frames=args.frames, seed=args.seed,
+            height=args.height, width=args.width, min_objects=args.min_objects,
+            max_objects=args.max_objects, split=args.split, exit_prob=args.exit_prob,
+            force=args.force, progress=True,
+        )
     print(f"wrote {args.sequences} sequences x {args.frames} frames to {out} "
           f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _photos(args: argparse.Namespace) -> int:
+    import json
+    from collections import Counter
+
+    from mlvos.data.photos import MANIFEST, default_photos_dir, install_photos
+
+    out = install_photos(args.out or default_photos_dir(), force=args.force, progress=True)
+    meta = json.loads((out / MANIFEST).read_text())
+    counts = Counter((f["split"], f["role"]) for f in meta["files"])
+    print(f"photo set in {out}:")
+    for split in ("train", "val"):
+        print(f"  {split}: {counts[(split, 'background')]} backgrounds, "
+              f"{counts[(split, 'object')]} cut-outs")
+    for p in meta["packages"]:
+        print(f"  {p['package']} {p['version']}: {p['files']} files")
+    return 0
+
+
+def _vtest(args: argparse.Namespace) -> int:
+    from mlvos.data.vtest import make_vtest
+
+    folder = make_vtest(args.out, force=args.force, video=args.video)
+    source = folder.meta["source"]
+    origin = (f"{source['package']} {source['version']}" if "package" in source
+              else source.get("local_file", "?"))
+    print(f"{'reused' if folder.reused else 'wrote'} {folder.path}: {folder.video.name} "
+          f"(from {origin}), {folder.mask.name}")
+    for key, obj in folder.meta["objects"].items():
+        print(f"  object {key}: {obj['name']:<14} bbox {obj['bbox']} area {obj['area']} px")
     return 0
 
 

@@ -147,9 +147,12 @@ class EvalResult:
         ]
         return out
 
-    def write_json(self, path: str | os.PathLike) -> None:
-        """Write `to_json()` atomically (indented, NaN-free)."""
-        atomic_write_text(path, json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
+    def write_json(self, path: str | os.PathLike, by_attribute: dict | None = None) -> None:
+        """Write `to_json()` (plus `by_attribute` when given) atomically (indented, NaN-free)."""
+        data = self.to_json()
+        if by_attribute:
+            data["by_attribute"] = by_attribute
+        atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
     def write_csv(self, path: str | os.PathLike, decimals: int = 3) -> None:
         """Write the official global CSV (one header row, one value row, `%.3f`)."""
@@ -162,6 +165,36 @@ class EvalResult:
         lines = ["Sequence,J-Mean,F-Mean"]
         lines += [f"{o.name},{o.j_mean:.{decimals}f},{o.f_mean:.{decimals}f}" for o in self.objects]
         atomic_write_text(path, "\n".join(lines) + "\n")
+
+    def by_attribute(self, attributes: dict[str, dict[str, list[str]]]) -> dict[str, dict]:
+        """J&F per attribute: {attribute: {"objects", "J-Mean", "F-Mean", "J&F-Mean"}}.
+
+        Args:
+            attributes: {sequence: {object id (str): [attribute, ...]}}, e.g. the "attributes"
+                entry of a natural dataset's natural.json. Objects without an attribute are
+                grouped under "none"; every evaluated object is also in "all".
+        """
+        groups: dict[str, list[ObjectResult]] = {"all": list(self.objects)}
+        for o in self.objects:
+            names = attributes.get(o.sequence, {}).get(str(o.object), [])
+            for a in names or ["none"]:
+                groups.setdefault(a, []).append(o)
+        out = {}
+        for a, objs in groups.items():
+            jm = float(np.mean([o.j_mean for o in objs]))
+            fm = float(np.mean([o.f_mean for o in objs]))
+            out[a] = {"objects": len(objs), "J-Mean": jm, "F-Mean": fm, "J&F-Mean": (jm + fm) / 2}
+        return out
+
+    @staticmethod
+    def format_attributes(table: dict[str, dict]) -> str:
+        """The `by_attribute` table as text (one line per attribute, "all" last)."""
+        lines = [f"{'attribute':<12} objects  J-Mean  F-Mean     J&F"]
+        for a in sorted(table, key=lambda k: (k == "all", k == "none", k)):
+            r = table[a]
+            lines.append(f"{a:<12} {r['objects']:>7}  {r['J-Mean']:6.3f}  {r['F-Mean']:6.3f}  "
+                         f"{r['J&F-Mean']:6.3f}")
+        return "\n".join(lines)
 
     def format_table(self) -> str:
         """Per-sequence table (sequence, objects, J-Mean, F-Mean, J&F) and the global line."""
@@ -346,6 +379,22 @@ def evaluate_folders(
         pred = _stack(pred_paths, seq, gt.shape[1:], "prediction")
         results.append(evaluate_sequence(gt, pred, seq, [f.name for f in frames]))
     return EvalResult(results)
+
+
+def find_attributes(gt: str | os.PathLike) -> dict[str, dict[str, list[str]]] | None:
+    """Per-object attributes of the dataset a GT folder belongs to, or None.
+
+    Looks for natural.json (written by `mlvos data synth --style natural`) in the dataset
+    root, i.e. two levels above `<root>/Annotations/480p`.
+    """
+    for folder in list(Path(gt).resolve().parents)[:2]:
+        meta = folder / "natural.json"
+        if meta.is_file():
+            try:
+                return json.loads(meta.read_text())["attributes"]
+            except (OSError, ValueError, KeyError) as e:
+                raise DatasetError(f"{meta} has no readable 'attributes' ({e})") from None
+    return None
 
 
 def copy_first_mask_baseline(

@@ -1,10 +1,12 @@
 """`mlvos demo` (what `make demo` runs): the whole product on this CPU in a few minutes.
 
-1. make a small synthetic validation set (DAVIS layout, exact ground truth),
-2. train the `tiny` model briefly on synthetic data (or reuse the cached checkpoint),
+1. make two small validation sets with exact ground truth (DAVIS layout): natural-looking videos
+   from the held-out validation photographs (installed from Debian packages on first use) and
+   procedural synthetic videos,
+2. train the `tiny` model briefly on natural + synthetic clips (or reuse the cached checkpoint),
 3. export it to ONNX (or reuse the cached export of the same checkpoint),
 4. propagate the first-frame masks with the onnxruntime backend,
-5. print J&F next to the copy-first-mask baseline, and FPS.
+5. print J&F next to the copy-first-mask baseline on each set, and FPS.
 
 Everything is cached under --cache (default .cache/demo), so a second run only repeats 4-5.
 """
@@ -16,12 +18,21 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="synthetic video -> train tiny -> export -> ORT propagation -> J&F"
+        "demo", help="natural + synthetic videos -> train tiny -> export -> ORT -> J&F"
     )
     p.add_argument("--cache", default=".cache/demo", help="cache folder (data, checkpoint, export)")
-    p.add_argument("--sequences", type=int, default=3)
-    p.add_argument("--frames", type=int, default=25)
-    p.add_argument("--seed", type=int, default=2026, help="seed of the validation videos")
+    p.add_argument("--sequences", type=int, default=3,
+                   help="synthetic validation videos (3; the natural set has --natural)")
+    p.add_argument("--natural", type=int, default=4,
+                   help="natural validation videos (4: the first 4 of the standard natural set)")
+    p.add_argument("--frames", type=int, default=25, help="frames per validation video (25)")
+    p.add_argument("--seed", type=int, default=2026, help="seed of the synthetic videos (2026)")
+    p.add_argument("--natural-seed", type=int, default=2027,
+                   help="seed of the natural videos (2027, the standard natural validation set)")
+    p.add_argument("--photos", default=None, metavar="DIR",
+                   help="photo folder (default: $MLVOS_PHOTOS or ~/.cache/mlvos/photos, "
+                   "installed on first use); training uses its train split, the natural "
+                   "validation videos its val split")
     p.add_argument("--train-minutes", type=float, default=4.0, help="training budget (first run)")
     p.add_argument("--retrain", action="store_true", help="ignore the cached checkpoint")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime")
@@ -37,7 +48,9 @@ def main(args: argparse.Namespace) -> int:
 
     from mlvos.data.datasets import DavisDataset
     from mlvos.data.evaluate import copy_first_mask_baseline, evaluate_folders
+    from mlvos.data.natural import make_natural_dataset
     from mlvos.data.palette import write_mask
+    from mlvos.data.photos import PhotoLibrary, resolve_photos_dir
     from mlvos.data.synth import make_synthetic_dataset
     from mlvos.fileio import atomic_dir
     from mlvos.runtime.loader import open_runner
@@ -45,7 +58,6 @@ def main(args: argparse.Namespace) -> int:
     from mlvos.runtime.predictor import VideoPredictor
 
     cache = Path(args.cache)
-    data = cache / f"val-{args.sequences}x{args.frames}-s{args.seed}"
     ckpt = cache / "tiny.pt"
     export_dir = cache / "export"
     t_start = time.perf_counter()
@@ -53,19 +65,28 @@ def main(args: argparse.Namespace) -> int:
     def step(msg: str) -> None:
         print(f"[demo {time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
 
-    if not data.exists():
-        step(f"1/5 making {args.sequences} synthetic videos x {args.frames} frames -> {data}")
+    photos_dir = resolve_photos_dir(args.photos)
+    natural = cache / f"natural-{args.natural}x{args.frames}-s{args.natural_seed}"
+    synth = cache / f"val-{args.sequences}x{args.frames}-s{args.seed}"
+    sets = {"natural": natural, "synthetic": synth}
+    if not natural.exists():
+        step(f"1/5 making {args.natural} natural videos x {args.frames} frames -> {natural}")
+        make_natural_dataset(natural, PhotoLibrary(photos_dir, split="val"),
+                             sequences=args.natural, frames=args.frames, seed=args.natural_seed,
+                             progress=True)
+    if not synth.exists():
+        step(f"1/5 making {args.sequences} synthetic videos x {args.frames} frames -> {synth}")
         make_synthetic_dataset(
-            data, sequences=args.sequences, frames=args.frames, seed=args.seed, progress=True
+            synth, sequences=args.sequences, frames=args.frames, seed=args.seed, progress=True
         )
-    else:
-        step(f"1/5 reusing synthetic videos in {data}")
+    step(f"1/5 validation videos ready: {natural}, {synth}")
 
     if args.retrain or not ckpt.exists():
         from mlvos.model.train.demo import train_demo_model
 
-        step(f"2/5 training tiny for {args.train_minutes:g} min on synthetic clips -> {ckpt}")
-        train_demo_model(ckpt, minutes=args.train_minutes)
+        step(f"2/5 training tiny for {args.train_minutes:g} min on natural + synthetic clips "
+             f"-> {ckpt}")
+        train_demo_model(ckpt, minutes=args.train_minutes, photos=str(photos_dir))
     else:
         step(f"2/5 reusing checkpoint {ckpt} (--retrain to train again)")
 
@@ -89,33 +110,33 @@ def main(args: argparse.Namespace) -> int:
     else:
         step(f"3/5 reusing export in {export_dir}")
 
-    pred_dir = cache / "pred-ort"
     step("4/5 propagating with onnxruntime (CPU)")
-    dataset = DavisDataset(data, split="val")
     n_frames, busy = 0, 0.0
-    with open_runner(export_dir, backend="ort", threads=args.threads) as runner, atomic_dir(
-        pred_dir, force=True
-    ) as out:
-        for seq in dataset:
-            predictor = VideoPredictor(runner, profile=True)
-            predictor.add_mask(0, seq.first_mask())
-            for i in range(len(seq)):
-                labels = predictor.step(seq.read_frame(i))
-                write_mask(out / seq.name / f"{seq.frames[i].stem}.png", labels)
-            busy += float(np.sum(predictor.timings["total"]))
-            n_frames += len(seq)
+    with open_runner(export_dir, backend="ort", threads=args.threads) as runner:
+        for name, data in sets.items():
+            with atomic_dir(cache / f"pred-ort-{name}", force=True) as out:
+                for seq in DavisDataset(data, split="val"):
+                    predictor = VideoPredictor(runner, profile=True)
+                    predictor.add_mask(0, seq.first_mask())
+                    for i in range(len(seq)):
+                        labels = predictor.step(seq.read_frame(i))
+                        write_mask(out / seq.name / f"{seq.frames[i].stem}.png", labels)
+                    busy += float(np.sum(predictor.timings["total"]))
+                    n_frames += len(seq)
     fps = n_frames / (busy / 1e3)
 
     step("5/5 scoring with the DAVIS 2017 protocol")
-    gt = data / "Annotations" / "480p"
-    baseline_dir = copy_first_mask_baseline(gt, cache / "pred-copy-first", force=True)
-    ours = evaluate_folders(gt, pred_dir).summary()
-    base = evaluate_folders(gt, baseline_dir).summary()
     print()
-    print(f"{'method':<34} {'J&F':>6} {'J':>6} {'F':>6}")
-    print(f"{'copy first-frame mask (baseline)':<34} " + _fmt(base))
-    print(f"{'tiny, ONNX fp32 on onnxruntime CPU':<34} " + _fmt(ours))
-    print(f"\n{n_frames} frames, {fps:.2f} FPS in the predictor (480p, {args.sequences} videos); "
+    print(f"{'videos':<10} {'method':<34} {'J&F':>6} {'J':>6} {'F':>6}")
+    for name, data in sets.items():
+        gt = data / "Annotations" / "480p"
+        baseline_dir = copy_first_mask_baseline(gt, cache / f"pred-copy-first-{name}",
+                                                force=True)
+        ours = evaluate_folders(gt, cache / f"pred-ort-{name}").summary()
+        base = evaluate_folders(gt, baseline_dir).summary()
+        print(f"{name:<10} {'copy first-frame mask (baseline)':<34} " + _fmt(base))
+        print(f"{name:<10} {'tiny, ONNX fp32 on onnxruntime CPU':<34} " + _fmt(ours))
+    print(f"\n{n_frames} frames, {fps:.2f} FPS in the predictor (480p); "
           f"total demo time {time.perf_counter() - t_start:.0f} s")
     return 0
 

@@ -10,8 +10,10 @@
     mlvos train demo --out .cache/demo/tiny.pt [--minutes 4]     (cached tiny demo model)
 
 Data: --data synth (procedural videos rendered at --size) | synth:HxW (rendered at HxW, then
-cropped) | davis:ROOT | ytvos:ROOT (repeatable, mixed uniformly). Pre-training simulates clips
-from static images (--static IMAGES:MASKS, repeatable) or, without them, from synthetic frames.
+cropped) | natural (photographic backgrounds and cut-outs, --photos DIR) | davis:ROOT |
+ytvos:ROOT (repeatable, mixed uniformly). Pre-training simulates clips from static images
+(--static IMAGES:MASKS, repeatable), from natural frames (--data natural) or, without them,
+from synthetic frames.
 The learning rate defaults to the paper's (1e-5 pre-training, 5e-6 main / fine-tuning); a CPU
 run from scratch needs an explicit larger --lr such as 1e-3.
 """
@@ -64,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="synth | synth:HxW | davis:ROOT | ytvos:ROOT (repeatable; default synth)")
     d.add_argument("--static", action="append", default=_S, metavar="IMAGES:MASKS",
                    help="static image + mask folders for pre-training (repeatable)")
+    d.add_argument("--photos", default=_S, metavar="DIR",
+                   help="photographs for --data natural: an `mlvos data photos` folder or any "
+                   "folder of images (default: $MLVOS_PHOTOS or ~/.cache/mlvos/photos, "
+                   "installed from Debian packages on first use)")
     d.add_argument("--split", default=_S, help="dataset split (default: train; finetune: val)")
     d.add_argument("--video", default=_S, metavar="DIR", help="finetune: folder of frames")
     d.add_argument("--mask", default=_S, metavar="PNG", help="finetune: first-frame mask")
@@ -129,6 +135,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     dm.add_argument("--force", action="store_true", help="retrain even if --out is cached")
+    dm.add_argument("--photos", default=None, metavar="DIR",
+                    help="photographs for the natural clips (default: $MLVOS_PHOTOS or "
+                    "~/.cache/mlvos/photos, installed on first use)")
     dm.set_defaults(func=main_demo)
 
 
@@ -176,7 +185,7 @@ def main_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out = train_demo_model(args.out, minutes=args.minutes, seed=args.seed, threads=args.threads,
-                           force=args.force)
+                           force=args.force, photos=args.photos)
     print(f"demo model {out} ready ({time.perf_counter() - t0:.0f} s)")
     return 0
 

@@ -13,6 +13,8 @@ step * batch + position in the batch, so:
 Sources (all pure numpy + cv2; torch appears only in `ClipDataset`):
     SynthVideoSource   on-the-fly procedural videos (mlvos.data.synth), main training
     SynthStaticSource  single synthetic frames simulated into clips, pre-training without images
+    NaturalVideoSource natural-looking videos from photographs (mlvos.data.natural)
+    NaturalStaticSource one natural frame simulated into a clip (pre-training on photographs)
     StaticSource       image + mask folders simulated into clips (paper's pre-training)
     VideoSource        DAVIS / YouTube-VOS videos with the max-skip curriculum
     MixedSource        uniform mixture of several sources
@@ -29,7 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlvos.data.clips import Clip, sample_indices, sample_video_clip, simulate_clip
+from mlvos.data.clips import (
+    Clip,
+    _choose_objects,
+    _relabel,
+    sample_indices,
+    sample_video_clip,
+    simulate_clip,
+)
 from mlvos.errors import DatasetError, InputError
 
 NUM_FRAMES = 3  # STM trains on 3-frame clips
@@ -180,6 +189,63 @@ class SynthStaticSource(_SynthSource):
                              scale=zoom)
 
 
+class _PhotoSource(ClipSource):
+    """Base of the photo-based sources: the PhotoLibrary is loaded on first use in the process
+    that samples (a DataLoader worker gets the folder name, not 200 MB of pixels)."""
+
+    def __init__(self, photos: str | os.PathLike | None, reference: int = 480):
+        from mlvos.data.photos import resolve_photos_dir
+
+        self.photos_dir = resolve_photos_dir(photos)  # installs the default set if missing
+        self.reference = int(reference)
+        self._library = None
+        _ = self.library  # bad photo folders fail here, before any training
+
+    @property
+    def library(self):
+        if self._library is None:
+            from mlvos.data.photos import PhotoLibrary
+
+            self._library = PhotoLibrary(self.photos_dir, split="train")
+        return self._library
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_library"] = None
+        return state
+
+
+class NaturalVideoSource(_PhotoSource):
+    """Fresh natural-looking sequences (mlvos.data.natural) rendered at the crop size, objects
+    sized for a `reference`-pixel frame: frames 0, then steps of 1..max_skip, up to
+    `max_objects` targets (the other labelled objects, look-alikes included, are background)."""
+
+    name = "natural"
+
+    def sample(self, rng, *, size, max_objects, max_skip):
+        from mlvos.data.natural import natural_clip
+
+        return natural_clip(rng, self.library, NUM_FRAMES, size, max_skip,
+                            max_objects=max_objects, reference=self.reference)
+
+
+class NaturalStaticSource(_PhotoSource):
+    """One natural frame (photo background, photo cut-outs, look-alikes) simulated into a clip
+    by random affine + elastic warps: the paper's static-image pre-training on photographs."""
+
+    name = "natural-static"
+
+    def sample(self, rng, *, size, max_objects, max_skip):
+        from mlvos.data.natural import NaturalSequence
+
+        seq = NaturalSequence(rng, 1, size, size, self.library, reference=self.reference,
+                              max_objects=max(1, max_objects) + 1)
+        image, mask = seq.render(0.0)
+        keep = _choose_objects(np.unique(mask), rng, max_objects)
+        mask = _relabel(mask, keep)
+        return simulate_clip(image, mask, rng, NUM_FRAMES, size, max_objects=None)
+
+
 class StaticSource(ClipSource):
     """Image + mask folders (COCO / VOC / MSRA10K / ECSSD style) simulated into clips."""
 
@@ -235,7 +301,7 @@ class MixedSource(ClipSource):
 
 @dataclass(frozen=True)
 class DataSpec:
-    """A parsed `--data` value: kind in {synth, davis, ytvos} plus its argument."""
+    """A parsed `--data` value: kind in {synth, natural, davis, ytvos} plus its argument."""
 
     kind: str
     arg: str = ""
@@ -244,11 +310,12 @@ class DataSpec:
         return f"{self.kind}:{self.arg}" if self.arg else self.kind
 
 
-DATA_KINDS = ("synth", "davis", "ytvos")
+DATA_KINDS = ("synth", "natural", "davis", "ytvos")
 
 
 def parse_data_spec(text: str) -> DataSpec:
-    """'synth' | 'synth:HxW' | 'synth:LO-HI' | 'davis:ROOT' | 'ytvos:ROOT' -> DataSpec.
+    """'synth' | 'synth:HxW' | 'synth:LO-HI' | 'natural' | 'natural:REF' | 'davis:ROOT' |
+    'ytvos:ROOT' -> DataSpec (natural:REF: objects sized for a REF-pixel frame, default 480).
 
     Raises:
         InputError: unknown kind or a dataset kind without a root.
@@ -256,10 +323,14 @@ def parse_data_spec(text: str) -> DataSpec:
     kind, _, arg = text.partition(":")
     if kind not in DATA_KINDS:
         raise InputError(f"--data {text!r}: unknown kind {kind!r}; use one of synth, synth:HxW "
-                         "or synth:LO-HI (render size), davis:ROOT, ytvos:ROOT")
+                         "or synth:LO-HI (render size), natural or natural:REF (photographs, "
+                         "see --photos), davis:ROOT, ytvos:ROOT")
     if kind == "synth":
         Canvas.parse(arg, "--data synth")
-    if kind != "synth" and not arg:
+    if kind == "natural" and arg and not (arg.isdigit() and int(arg) >= 32):
+        raise InputError(f"--data {text!r}: natural:REF needs the reference frame side in "
+                         "pixels (>= 32), e.g. natural:480; photographs come from --photos DIR")
+    if kind not in ("synth", "natural") and not arg:
         raise InputError(f"--data {text!r}: {kind} needs its root folder, e.g. {kind}:/data/{kind}")
     return DataSpec(kind, arg)
 
@@ -273,7 +344,7 @@ def parse_static_spec(text: str) -> tuple[str, str]:
 
 
 def build_source(stage: str, data: Sequence[str], static: Sequence[str] = (), *,
-                 split: str | None = None) -> ClipSource:
+                 split: str | None = None, photos: str | None = None) -> ClipSource:
     """The clip source of a pre-training or main-training run.
 
     Args:
@@ -282,6 +353,8 @@ def build_source(stage: str, data: Sequence[str], static: Sequence[str] = (), *,
         data: --data values ('synth', 'synth:HxW', 'davis:ROOT', 'ytvos:ROOT').
         static: --static values ('IMAGES:MASKS').
         split: dataset split (default: DAVIS 'train', YouTube-VOS 'train').
+        photos: photo folder of the natural sources (None: the default, installed on first
+            use; see mlvos.data.photos.resolve_photos_dir).
 
     Raises:
         InputError / DatasetError: bad specs or dataset folders (the readers name the file).
@@ -292,10 +365,13 @@ def build_source(stage: str, data: Sequence[str], static: Sequence[str] = (), *,
         for s in static:
             sources.append(StaticSource(*parse_static_spec(s)))
         for spec in specs:
+            if spec.kind == "natural":
+                sources.append(NaturalStaticSource(photos, int(spec.arg or 480)))
+                continue
             if spec.kind != "synth":
                 raise InputError(f"--data {spec} is a video dataset; pre-training uses static "
-                                 "images (--static IMAGES:MASKS) or synthetic frames "
-                                 "(--data synth)")
+                                 "images (--static IMAGES:MASKS), photographs (--data natural) "
+                                 "or synthetic frames (--data synth)")
             sources.append(SynthStaticSource(Canvas.parse(spec.arg)))
         if not sources:
             sources.append(SynthStaticSource())
@@ -303,15 +379,17 @@ def build_source(stage: str, data: Sequence[str], static: Sequence[str] = (), *,
         if static:
             raise InputError("--static is for --stage pretrain; main training uses videos")
         for spec in specs or [DataSpec("synth")]:
-            sources.append(_video_source(spec, split))
+            sources.append(_video_source(spec, split, photos))
     else:
         raise InputError(f"build_source: stage must be pretrain or main, received {stage!r}")
     return sources[0] if len(sources) == 1 else MixedSource(sources)
 
 
-def _video_source(spec: DataSpec, split: str | None) -> ClipSource:
+def _video_source(spec: DataSpec, split: str | None, photos: str | None = None) -> ClipSource:
     if spec.kind == "synth":
         return SynthVideoSource(Canvas.parse(spec.arg))
+    if spec.kind == "natural":
+        return NaturalVideoSource(photos, int(spec.arg or 480))
     if spec.kind == "davis":
         from mlvos.data.datasets import DavisDataset
 

@@ -12,10 +12,11 @@ from pathlib import Path
 from mlvos.errors import CheckpointError
 
 # Bump when the recipe changes, so cached demo checkpoints are retrained.
-DEMO_RECIPE = 5
+DEMO_RECIPE = 6
 
 
-def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2) -> list[dict]:
+def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2,
+                photos: str | None = None) -> list[dict]:
     """Options of the chained runs (TrainOptions fields) for a `minutes`-long CPU run.
 
     Progressive, because what the 480p synthetic videos need is learnt fastest that way:
@@ -40,17 +41,17 @@ def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2) -> li
       inference.
     """
     common = {"variant": None, "lr": 1e-3, "seed": seed, "threads": threads,
-              "workers": 1, "save_every": 100, "log_every": 20}
+              "workers": 1, "save_every": 100, "log_every": 20, "photos": photos}
     return [
-        {**common, "stage": "pretrain", "variant": "tiny", "data": ["synth"], "size": 128,
-         "batch": 4, "max_objects": 2, "steps": 500, "time_limit": 0.22 * minutes,
-         "train_bn": True},
-        {**common, "stage": "main", "data": ["synth:480x480"], "size": 320, "batch": 2,
-         "bn_calib": 24, "loss": "bootstrap",
+        {**common, "stage": "pretrain", "variant": "tiny", "data": ["natural", "synth"],
+         "size": 160, "batch": 4, "max_objects": 2, "steps": 500,
+         "time_limit": 0.22 * minutes, "train_bn": True},
+        {**common, "stage": "main", "data": ["natural", "synth:480x480"], "size": 320,
+         "batch": 2, "bn_calib": 24, "loss": "bootstrap",
          "max_objects": 2, "max_skip": (5, 15), "schedule": "cosine", "steps": 420,
          "time_limit": 0.33 * minutes},
-        {**common, "stage": "main", "data": ["synth:480x854"], "size": 448, "batch": 1,
-         "bn_calib": 32, "loss": "bootstrap",
+        {**common, "stage": "main", "data": ["natural", "synth:480x854"], "size": 448,
+         "batch": 1, "bn_calib": 32, "loss": "bootstrap",
          "max_objects": 3, "max_skip": (5, 15), "schedule": "cosine", "steps": 350,
          "lr": 5e-4, "time_limit": 0.45 * minutes},
     ]
@@ -58,7 +59,7 @@ def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2) -> li
 
 def train_demo_model(out_ckpt: str | os.PathLike, *, minutes: float = 4.0, seed: int = 0,
                      threads: int | None = 2, force: bool = False,
-                     progress: bool | None = None) -> Path:
+                     progress: bool | None = None, photos: str | None = None) -> Path:
     """Train `tiny` on synthetic data for about `minutes` and write its checkpoint.
 
     Cached: if `out_ckpt` already holds a demo checkpoint of this recipe, minutes and seed, it
@@ -73,7 +74,8 @@ def train_demo_model(out_ckpt: str | os.PathLike, *, minutes: float = 4.0, seed:
     from mlvos.model.train.trainer import TrainOptions, train
 
     out = Path(out_ckpt)
-    key = {"recipe": DEMO_RECIPE, "minutes": float(minutes), "seed": int(seed)}
+    key = {"recipe": DEMO_RECIPE, "minutes": float(minutes), "seed": int(seed),
+           "photos": str(photos) if photos else "default"}
     if out.is_file() and not force:
         try:
             if read_checkpoint(out).get("extra", {}).get("demo") == key:
@@ -83,7 +85,7 @@ def train_demo_model(out_ckpt: str | os.PathLike, *, minutes: float = 4.0, seed:
     runs = out.with_name(out.name + ".runs")
     shutil.rmtree(runs, ignore_errors=True)
     previous = None
-    for i, stage in enumerate(demo_recipe(minutes, seed=seed, threads=threads), 1):
+    for i, stage in enumerate(demo_recipe(minutes, seed=seed, threads=threads, photos=photos), 1):
         opts = TrainOptions(out=str(runs / f"{i}-{stage['stage']}"), progress=progress, **stage)
         if previous is not None:
             opts.variant, opts.init = None, str(previous)

@@ -51,8 +51,10 @@ class TrainOptions:
         stage: "pretrain" | "main" | "finetune".
         out: output folder (checkpoints, log.jsonl).
         variant / init / resume: exactly one model source (resume may come alone).
-        data: --data specs ('synth', 'synth:HxW', 'davis:ROOT', 'ytvos:ROOT').
+        data: --data specs ('synth', 'synth:HxW', 'natural', 'davis:ROOT', 'ytvos:ROOT').
         static: --static 'IMAGES:MASKS' folders (pre-training).
+        photos: photo folder of --data natural (None: the default folder, installed from
+            Debian packages on first use; see mlvos.data.photos).
         split: dataset split for davis/ytvos (default 'train').
         video / mask / sequence: fine-tuning target (frames folder + first mask, or a DAVIS
             sequence name with --data davis:ROOT).
@@ -91,6 +93,7 @@ class TrainOptions:
     resume: str | None = None
     data: list[str] = field(default_factory=list)
     static: list[str] = field(default_factory=list)
+    photos: str | None = None
     split: str | None = None
     video: str | None = None
     mask: str | None = None
@@ -305,7 +308,8 @@ def build_training_source(opts: TrainOptions):
         from mlvos.model.train.lucid import LucidSource
 
         return LucidSource(*_finetune_target(opts))
-    return build_source(opts.stage, opts.data, opts.static, split=opts.split)
+    return build_source(opts.stage, opts.data, opts.static, split=opts.split,
+                        photos=opts.photos)
 
 
 def _set_bn_training(model: torch.nn.Module, train_bn: bool) -> None:
