@@ -21,32 +21,9 @@ from mlvos.data.photos import PhotoLibrary, object_split
 from mlvos.errors import DatasetError, InputError
 
 
-def _write_photo_folder(root, seed=0, n_bg=4, n_obj=3):
-    """A folder of procedural 'photographs' (multi-scale textures) and RGBA cut-outs."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(n_bg):
-        h, w = 200 + 20 * i, 300
-        base = rng.uniform(0, 255, size=(4, 6, 3)).astype(np.float32)
-        img = cv2.resize(base, (w, h), interpolation=cv2.INTER_CUBIC)
-        img += rng.normal(0, 20, size=(h, w, 3)).astype(np.float32)
-        cv2.imwrite(str(root / f"bg{i}.jpg"), np.clip(img, 0, 255).astype(np.uint8))
-    for i in range(n_obj):
-        s = 80 + 10 * i
-        rgba = np.zeros((s, s, 4), np.uint8)
-        rgba[..., :3] = rng.integers(0, 255, size=3)
-        rgba[..., :3] = np.clip(rgba[..., :3] + rng.normal(0, 25, (s, s, 3)), 0, 255)
-        cv2.circle(rgba, (s // 2, s // 2), s // 3, (0, 0, 0, 255), -1)
-        rgba[..., 3] = np.where(rgba[..., 3] > 0, 255, 0)
-        rgba[s // 2 - s // 3:s // 2 + s // 3, s // 2 - s // 3:s // 2 + s // 3, :3] = \
-            rng.integers(0, 255, size=3)
-        cv2.imwrite(str(root / f"obj{i}.png"), rgba)
-    return root
-
-
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    return PhotoLibrary(_write_photo_folder(tmp_path_factory.mktemp("photos")))
+def photos(photo_folder):
+    return PhotoLibrary(photo_folder)
 
 
 def test_library_reads_a_plain_folder(photos):

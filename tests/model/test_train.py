@@ -212,16 +212,16 @@ def test_finetune_target_size_mismatch_names_files(tmp_path, davis, capsys):
     assert "00000.png" in err and "must match" in err
 
 
-def test_demo_recipe_trains_and_caches(tmp_path):
+def test_demo_recipe_trains_and_caches(tmp_path, photo_folder):
     from mlvos.model.train.demo import train_demo_model
 
     ckpt = tmp_path / "tiny.pt"
-    assert train_demo_model(ckpt, minutes=0.02, threads=2) == ckpt
+    assert train_demo_model(ckpt, minutes=0.02, threads=2, photos=str(photo_folder)) == ckpt
     state = read_checkpoint(ckpt)
     assert state["variant"] == "tiny" and state["stage"] == "main"
     assert [h["stage"] for h in state["extra"]["train"]["history"]] == ["pretrain", "main"]
     stamp = ckpt.stat().st_mtime_ns
-    train_demo_model(ckpt, minutes=0.02, threads=2)  # cached: not retrained
+    train_demo_model(ckpt, minutes=0.02, threads=2, photos=str(photo_folder))  # cached
     assert ckpt.stat().st_mtime_ns == stamp
     load_model(ckpt)
 

@@ -81,6 +81,28 @@ def test_static_source_from_folders(tmp_path):
     assert isinstance(mixed, MixedSource) and len(mixed.sources) == 2
 
 
+def test_natural_sources(photo_folder):
+    import pickle
+
+    from mlvos.model.train.data import NaturalStaticSource, NaturalVideoSource
+
+    video = build_source("main", ["natural:96"], photos=str(photo_folder))
+    assert isinstance(video, NaturalVideoSource) and video.reference == 96
+    ds = _dataset(video, skip=lambda s: 4)
+    _check_item(ds[0], 64)
+    a, b = ds[3], ds[3]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a DataLoader worker receives the folder, not the loaded photographs
+    assert pickle.loads(pickle.dumps(video))._library is None
+    static = build_source("pretrain", ["natural"], photos=str(photo_folder))
+    assert isinstance(static, NaturalStaticSource)
+    _check_item(_dataset(static)[1], 64)
+    with pytest.raises(InputError, match="natural:REF"):
+        build_source("main", ["natural:big"], photos=str(photo_folder))
+    with pytest.raises(InputError, match="no such folder"):
+        build_source("main", ["natural"], photos=str(photo_folder / "missing"))
+
+
 def test_loader_starts_at_a_step_and_ignores_workers():
     ds = _dataset(SynthVideoSource(), skip=lambda s: 2)
     full = list(make_loader(ds, start_step=0, total_steps=3, workers=0))
