@@ -17,8 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", required=True, help="export directory (or a checkpoint for --backend torch)"
     )
-    p.add_argument("--input", required=True, help="folder of frames or a video file")
-    p.add_argument("--mask", required=True, help="first-frame mask (palette or grayscale PNG)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="folder of frames or a video file (with --mask)")
+    src.add_argument(
+        "--data", metavar="ROOT",
+        help="a DAVIS-layout dataset (JPEGImages/480p, Annotations/480p, ImageSets/2017): every "
+        "sequence of --split from its first annotated frame; --out receives <seq>/<frame>.png "
+        "for `mlvos eval` (replaced as a whole, atomically)")
+    p.add_argument("--mask", help="first-frame mask of --input (palette or grayscale PNG)")
+    p.add_argument("--split", default="val", help="split of --data (val)")
     p.add_argument("--out", required=True, help="output folder for the PNG masks")
     p.add_argument("--backend", choices=BACKENDS, default="ort")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (as exported)")
@@ -80,13 +87,20 @@ def main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mlvos.errors import InputError, require
-    from mlvos.runtime.loader import open_runner
     from mlvos.runtime.predictor import STAGES, VideoPredictor
     from mlvos.runtime.spec import DEFAULT_MEM_EVERY
     from mlvos.runtime.video_io import ContactSheet, FrameSource, OverlayWriter, draw_overlay
 
     palette_io = require("mlvos.data.palette", "ort", "reading/writing palette PNGs")
     tqdm = require("tqdm", "ort", "progress bars").tqdm
+    if args.data:
+        for flag in ("mask", "overlay", "contact_sheet", "sheet_frames", "frames"):
+            if getattr(args, flag) is not None:
+                raise InputError(f"--{flag.replace('_', '-')} is for --input (one video); with "
+                                 "--data every sequence starts from its first annotation")
+        return _run_dataset(args, palette_io, tqdm)
+    if not args.mask:
+        raise InputError("--input needs --mask FIRST.png (the first frame's object ids)")
     source = FrameSource(args.input)
     mask = palette_io.read_mask(args.mask)
     total_frames = min(len(source), args.frames or len(source))
@@ -109,16 +123,7 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     n = 0
     try:
-        with open_runner(
-            args.model,
-            backend=args.backend,
-            precision=args.precision,
-            device=args.device,
-            threads=args.threads,
-            engine_dir=args.engine_dir,
-            allow_build=not args.no_build,
-            cuda_graph=args.cuda_graph,
-        ) as runner:
+        with _open(args) as runner:
             pred = VideoPredictor(
                 runner,
                 mem_every=args.mem_every or DEFAULT_MEM_EVERY,
@@ -158,4 +163,50 @@ def main(args: argparse.Namespace) -> int:
                   f"{len(source)} frames); the contact sheet shows the others")
         print(f"contact sheet of frames {[i for i in sheet.frames if i in sheet.tiles]} "
               f"written to {sheet.save()}")
+    return 0
+
+
+def _open(args: argparse.Namespace):
+    from mlvos.runtime.loader import open_runner
+
+    return open_runner(args.model, backend=args.backend, precision=args.precision,
+                       device=args.device, threads=args.threads, engine_dir=args.engine_dir,
+                       allow_build=not args.no_build, cuda_graph=args.cuda_graph)
+
+
+def _run_dataset(args: argparse.Namespace, palette_io, tqdm) -> int:
+    """--data ROOT: every sequence from its first annotation into --out/<seq>/<frame>.png."""
+    import time
+
+    import numpy as np
+
+    from mlvos.data.datasets import DavisDataset
+    from mlvos.fileio import atomic_dir
+    from mlvos.runtime.predictor import STAGES, VideoPredictor
+    from mlvos.runtime.spec import DEFAULT_MEM_EVERY
+
+    dataset = DavisDataset(args.data, split=args.split)
+    total = sum(len(seq) for seq in dataset)
+    timings = {s: [] for s in STAGES}
+    t0 = time.perf_counter()
+    with _open(args) as runner, atomic_dir(args.out, force=True) as tmp, \
+            tqdm(total=total, unit="frame") as bar:
+        for seq in dataset:
+            pred = VideoPredictor(runner, mem_every=args.mem_every or DEFAULT_MEM_EVERY,
+                                  max_side=args.max_side, profile=True)
+            pred.add_mask(0, seq.first_mask())
+            for i in range(len(seq)):
+                palette_io.write_mask(tmp / seq.name / f"{seq.frames[i].stem}.png",
+                                      pred.step(seq.read_frame(i)))
+                bar.update(1)
+            for s in STAGES:
+                timings[s] += pred.timings[s][1:]
+    wall = time.perf_counter() - t0
+    print(f"{len(dataset)} sequences, {total} frames in {wall:.1f} s; "
+          f"{1e3 / np.mean(timings['total']):.2f} FPS in the predictor "
+          f"({args.backend}, {args.precision})")
+    print("ms per frame (mean, frames 2..N): "
+          + ", ".join(f"{s} {np.mean(timings[s]):.1f}" for s in STAGES))
+    print(f"masks written to {args.out}; score them with `mlvos eval --gt "
+          f"{dataset.mask_dir} --pred {args.out}`")
     return 0

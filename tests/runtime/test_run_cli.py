@@ -115,3 +115,31 @@ def test_contact_sheet_frames_past_the_end_are_refused(export_dir, video, tmp_pa
     err = capsys.readouterr().err
     assert "--sheet-frames [5] are past the last frame to process (2" in err
     assert not (tmp_path / "s.jpg").exists()
+
+
+def test_run_data_matches_per_video_runs_and_scores(export_dir, tmp_path, capsys):
+    """--data ROOT runs every sequence of a DAVIS-layout set; each sequence's masks are those of
+    a single-video run, and the folder is what `mlvos eval` reads."""
+    from mlvos.data.synth import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "ds", sequences=2, frames=5, seed=3, height=64,
+                                  width=96, max_objects=2)
+    out = tmp_path / "pred"
+    assert main(["run", "--model", str(export_dir), "--data", str(root), "--out", str(out)]) == 0
+    assert "2 sequences, 10 frames" in capsys.readouterr().out
+    for seq in ("synth-0000", "synth-0001"):
+        single = tmp_path / f"single-{seq}"
+        assert _run(export_dir, root / "JPEGImages" / "480p" / seq,
+                    root / "Annotations" / "480p" / seq / "00000.png", single) == 0
+        for p in sorted(single.glob("*.png")):
+            assert np.array_equal(read_mask(p), read_mask(out / seq / p.name)), (seq, p.name)
+    assert main(["eval", "--gt", str(root / "Annotations" / "480p"), "--pred", str(out)]) == 0
+
+
+def test_run_data_refuses_single_video_options(export_dir, tmp_path, capsys):
+    args = ["run", "--model", str(export_dir), "--data", str(tmp_path), "--out", str(tmp_path)]
+    assert main([*args, "--mask", "m.png"]) != 0
+    assert "--mask is for --input" in capsys.readouterr().err
+    assert main(["run", "--model", str(export_dir), "--input", str(tmp_path),
+                 "--out", str(tmp_path / "o")]) != 0
+    assert "--input needs --mask" in capsys.readouterr().err
