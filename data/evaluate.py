@@ -119,6 +119,7 @@ class EvalResult:
             return None if np.isnan(v) else float(v)
 
         out: dict = dict(self.summary())
+        out["frame_J"] = self.frame_j()
         out["num_sequences"] = len(self.sequences)
         out["num_objects"] = len(self.objects)
         out["per_object"] = [
@@ -166,6 +167,17 @@ class EvalResult:
         lines += [f"{o.name},{o.j_mean:.{decimals}f},{o.f_mean:.{decimals}f}" for o in self.objects]
         atomic_write_text(path, "\n".join(lines) + "\n")
 
+    def frame_j(self) -> dict[str, float]:
+        """Distribution of J over every (object, evaluated frame): min, 5th percentile, median,
+        mean and the share >= 0.99. With a reference prediction as --gt (e.g. fp32 vs fp16
+        masks) it is the per-frame IoU agreement."""
+        j = np.concatenate([o.J for o in self.objects]) if self.objects else np.zeros(0)
+        if not j.size:
+            return {}
+        return {"min": float(j.min()), "p5": float(np.percentile(j, 5)),
+                "median": float(np.median(j)), "mean": float(j.mean()),
+                "share>=0.99": float(np.mean(j >= 0.99)), "count": int(j.size)}
+
     def by_attribute(self, attributes: dict[str, dict[str, list[str]]]) -> dict[str, dict]:
         """J&F per attribute: {attribute: {"objects", "J-Mean", "F-Mean", "J&F-Mean"}}.
 
@@ -210,6 +222,10 @@ class EvalResult:
             f"global ({len(self.sequences)} sequences, {len(self.objects)} objects): "
             + "  ".join(f"{k} {g[k]:.3f}" for k in GLOBAL_KEYS)
         )
+        fj = self.frame_j()
+        lines.append(f"per-frame J over {fj['count']} object-frames: min {fj['min']:.3f}, "
+                     f"5th pct {fj['p5']:.3f}, median {fj['median']:.3f}, "
+                     f"share >= 0.99 {fj['share>=0.99']:.3f}")
         return "\n".join(lines)
 
 

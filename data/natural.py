@@ -269,8 +269,12 @@ class NaturalSequence:
             bg = bg[:, ::-1]
         self.background = np.ascontiguousarray(bg).astype(np.float32)
         ph, pw = bg.shape[:2]
-        # world px per frame px: the frame covers 45-85 % of the photo's fitting extent
-        self.zoom = min(ph / height, pw / width) * rng.uniform(0.45, 0.85)
+        # world px per frame px: a frame of the reference size covers 45-85 % of the photo's
+        # fitting extent (a training crop is a window of such a frame, so photo textures keep
+        # the scale they have in full validation frames)
+        vh, vw = (height, width) if reference is None else \
+            (self.ref, self.ref * max(width / height, 854 / 480))
+        self.zoom = min(ph / vh, pw / vw) * rng.uniform(0.45, 0.85)
         moving = rng.random() < camera
         room = np.array([pw - width * self.zoom, ph - height * self.zoom]) / 2  # >= 0
         self.cam_c0 = np.array([pw / 2, ph / 2]) + rng.uniform(-0.5, 0.5, 2) * room

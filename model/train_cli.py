@@ -60,6 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "position)")
     g.add_argument("--force", action="store_true", default=_S,
                    help="replace a previous run in --out")
+    g.add_argument("--read-topk", type=int, default=_S, metavar="K",
+                   help="train through STCN's top-k memory read (ModelConfig.read_topk)")
+    g.add_argument("--read-kernel", type=float, default=_S, metavar="SIGMA",
+                   help="train through KMN's Gaussian read kernel (ModelConfig.read_kernel, "
+                   "sigma in stride-16 feature cells)")
 
     d = p.add_argument_group("data")
     d.add_argument("--data", action="append", default=_S, metavar="SPEC",
@@ -99,7 +104,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the run's data before training (fresh runs; default 0 = off)")
     o.add_argument("--seed", type=int, default=_S, help="run seed (default 0)")
     o.add_argument("--amp", action=argparse.BooleanOptionalAction, default=_S,
-                   help="mixed precision (default: on with CUDA; CUDA only)")
+                   help="mixed precision: fp16 on CUDA, bf16 on CPUs with native bf16 "
+                   "(AVX512-BF16/AMX; fp32 elsewhere) (default: on with CUDA only)")
+    o.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=_S,
+                   help="NHWC memory format (default: on with CPU amp)")
 
     r = p.add_argument_group("runtime")
     r.add_argument("--time-limit", type=float, default=_S, metavar="MIN",

@@ -350,7 +350,9 @@ def build_source(stage: str, data: Sequence[str], static: Sequence[str] = (), *,
     Args:
         stage: "pretrain" (static simulation: --static folders, and 'synth' means synthetic
             static frames) or "main" (videos).
-        data: --data values ('synth', 'synth:HxW', 'davis:ROOT', 'ytvos:ROOT').
+        data: --data values ('synth', 'synth:HxW', 'natural', 'davis:ROOT', 'ytvos:ROOT');
+            one clip source per distinct value, picked uniformly per clip, so a value given
+            twice gets twice the weight (e.g. natural, natural, synth: 2/3 natural).
         static: --static values ('IMAGES:MASKS').
         split: dataset split (default: DAVIS 'train', YouTube-VOS 'train').
         photos: photo folder of the natural sources (None: the default, installed on first
@@ -361,25 +363,32 @@ def build_source(stage: str, data: Sequence[str], static: Sequence[str] = (), *,
     """
     specs = [parse_data_spec(d) for d in data]
     sources: list[ClipSource] = []
+    made: dict[DataSpec, ClipSource] = {}  # a repeated --data weighs its source, built once
     if stage == "pretrain":
         for s in static:
             sources.append(StaticSource(*parse_static_spec(s)))
         for spec in specs:
+            if spec in made:
+                sources.append(made[spec])
+                continue
             if spec.kind == "natural":
-                sources.append(NaturalStaticSource(photos, int(spec.arg or 480)))
+                sources.append(made.setdefault(spec, NaturalStaticSource(photos,
+                                                                         int(spec.arg or 480))))
                 continue
             if spec.kind != "synth":
                 raise InputError(f"--data {spec} is a video dataset; pre-training uses static "
                                  "images (--static IMAGES:MASKS), photographs (--data natural) "
                                  "or synthetic frames (--data synth)")
-            sources.append(SynthStaticSource(Canvas.parse(spec.arg)))
+            sources.append(made.setdefault(spec, SynthStaticSource(Canvas.parse(spec.arg))))
         if not sources:
             sources.append(SynthStaticSource())
     elif stage == "main":
         if static:
             raise InputError("--static is for --stage pretrain; main training uses videos")
         for spec in specs or [DataSpec("synth")]:
-            sources.append(_video_source(spec, split, photos))
+            if spec not in made:
+                made[spec] = _video_source(spec, split, photos)
+            sources.append(made[spec])
     else:
         raise InputError(f"build_source: stage must be pretrain or main, received {stage!r}")
     return sources[0] if len(sources) == 1 else MixedSource(sources)

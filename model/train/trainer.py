@@ -55,6 +55,8 @@ class TrainOptions:
         static: --static 'IMAGES:MASKS' folders (pre-training).
         photos: photo folder of --data natural (None: the default folder, installed from
             Debian packages on first use; see mlvos.data.photos).
+        read_topk / read_kernel: memory-read priors to train through (ModelConfig.read_topk /
+            read_kernel; None keeps the model's), stored in the checkpoint's config.
         split: dataset split for davis/ytvos (default 'train').
         video / mask / sequence: fine-tuning target (frames folder + first mask, or a DAVIS
             sequence name with --data davis:ROOT).
@@ -76,7 +78,11 @@ class TrainOptions:
             as it will be evaluated. 0 = off.
         workers: DataLoader worker processes; seed: run seed.
         save_every: checkpoint period in steps; keep_checkpoints: also keep step-NNNNNN.pt.
-        amp: mixed precision (None = on with CUDA; CUDA only).
+        amp: mixed precision: float16 autocast + GradScaler on CUDA, bfloat16 autocast on a CPU
+            whose oneDNN has native bf16 (AVX512-BF16 / AMX; elsewhere bf16 is emulated and
+            slower, so amp falls back to fp32 with a message). None = on with CUDA only.
+        channels_last: NHWC weights and activations (None = on when amp runs on the CPU, where
+            oneDNN's bf16 convolutions are fastest in that layout).
         deterministic: torch.use_deterministic_algorithms (resume tests).
         threads: torch CPU threads (None = torch's default).
         mkldnn: use oneDNN convolutions on CPU (None = torch's default, on).
@@ -95,6 +101,8 @@ class TrainOptions:
     static: list[str] = field(default_factory=list)
     photos: str | None = None
     split: str | None = None
+    read_topk: int | None = None
+    read_kernel: float | None = None
     video: str | None = None
     mask: str | None = None
     sequence: str | None = None
@@ -117,6 +125,7 @@ class TrainOptions:
     save_every: int = 500
     keep_checkpoints: bool = False
     amp: bool | None = None
+    channels_last: bool | None = None
     deterministic: bool = False
     threads: int | None = None
     mkldnn: bool | None = None
@@ -447,9 +456,13 @@ def _train(opts: TrainOptions, info, state, load_model, build_model) -> TrainRes
         torch.set_num_threads(opts.threads)
     if opts.mkldnn is not None and not cuda:
         torch.backends.mkldnn.enabled = bool(opts.mkldnn)
-    if opts.amp and not cuda:
-        raise InputError("--amp needs CUDA (mixed precision is CUDA-only here); drop --amp on CPU")
     amp = cuda if opts.amp is None else bool(opts.amp)
+    if amp and not cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print("--amp: this CPU has no native bfloat16 (AVX512-BF16/AMX); training in float32",
+              file=sys.stderr, flush=True)
+        amp = False
+    amp_dtype = torch.float16 if cuda else torch.bfloat16
+    channels_last = (amp and not cuda) if opts.channels_last is None else opts.channels_last
     if opts.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -479,12 +492,20 @@ def _train(opts: TrainOptions, info, state, load_model, build_model) -> TrainRes
             }]
         else:
             net = build_model(opts.variant, seed=opts.seed)
+        if opts.read_topk is not None or opts.read_kernel is not None:
+            from mlvos.model.checkpoint import with_read_options
+
+            # the priors add no weights: a new run trains through them, later stages (--init)
+            # and exports inherit them from the checkpoint's config
+            net = with_read_options(net, topk=opts.read_topk, kernel=opts.read_kernel)
         start_step, elapsed_before = 0, 0.0
 
     _prepare_out(out, opts, info)
     source = build_training_source(opts)  # dataset errors surface before any training
 
     net.to(info.device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
     clip_model = ClipModel(net).train()
     _set_bn_training(clip_model, opts.train_bn)
     model: torch.nn.Module = clip_model
@@ -498,12 +519,12 @@ def _train(opts: TrainOptions, info, state, load_model, build_model) -> TrainRes
     optimizer = torch.optim.Adam(clip_model.parameters(), lr=opts.base_lr)
     scheduler = make_scheduler(optimizer, schedule=opts.schedule, warmup=opts.warmup,
                                total=opts.steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)  # bf16 needs no loss scaling
     if state is not None:
         ts = state["extra"]["train"]
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
-        if amp and ts.get("scaler"):
+        if amp and cuda and ts.get("scaler"):
             scaler.load_state_dict(ts["scaler"])
         rngs = ts.get("rng") or []
         if rngs:
@@ -551,7 +572,7 @@ def _train(opts: TrainOptions, info, state, load_model, build_model) -> TrainRes
                 "world_size": info.world_size,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if amp else {},
+                "scaler": scaler.state_dict() if amp and cuda else {},
                 "rng": rngs,
                 "history": history,
             }}
@@ -578,8 +599,7 @@ def _train(opts: TrainOptions, info, state, load_model, build_model) -> TrainRes
             frames = batch["frames"].to(info.device, non_blocking=True)
             labels = batch["labels"].to(info.device, non_blocking=True)
             first, valid = first_frame_masks(labels, batch["num_objects"].to(info.device), k)
-            with torch.autocast(device_type=info.device.type, dtype=torch.float16,
-                                enabled=amp):
+            with torch.autocast(device_type=info.device.type, dtype=amp_dtype, enabled=amp):
                 logits = model(frames, first, valid)  # (B, T-1, K+1, H, W)
             loss = clip_loss(logits, labels[:, 1:], kind=opts.loss, step=step, total=opts.steps)
             optimizer.zero_grad(set_to_none=True)
