@@ -129,13 +129,14 @@ def _lab_stats(rgb: np.ndarray, weight: np.ndarray | None = None):
     return lab, pix.mean(0), pix.std(0) + 1e-3
 
 
-def colour_transfer(rgb: np.ndarray, alpha: np.ndarray, target: np.ndarray,
+def colour_transfer(rgb: np.ndarray, alpha: np.ndarray, target: tuple[np.ndarray, np.ndarray],
                     strength: float) -> np.ndarray:
-    """Pull a sprite's Lab mean/std towards `target`'s by `strength` in [0, 1] (Reinhard)."""
+    """Pull a sprite's Lab mean/std towards `target` = (Lab mean, Lab std) by `strength` in
+    [0, 1] (Reinhard's colour transfer)."""
     if strength <= 0:
         return rgb
     lab, mu, sd = _lab_stats(rgb, alpha)
-    _, mu_t, sd_t = _lab_stats(target)
+    mu_t, sd_t = target
     mu_n = mu + strength * (mu_t - mu)
     sd_n = sd * (1 - strength) + sd_t * strength
     out = (lab - mu) * (sd_n / sd) + mu_n
@@ -350,6 +351,13 @@ class NaturalSequence:
         self._noise_seed = int(rng.integers(2**63))
 
     # ------------------------------------------------------------------------- construction
+    def _background_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lab mean and std of the background photo (computed once: it is the costliest part
+        of building a training clip)."""
+        if getattr(self, "_bg_stats", None) is None:
+            self._bg_stats = _lab_stats(self.background)[1:]
+        return self._bg_stats
+
     def _sprite_size(self, rng, small: bool) -> float:
         """Longer sprite side in frame pixels (log-uniform, relative to the reference side)."""
         lo, hi = (0.05, 0.09) if small else (0.25, 0.85)
@@ -401,7 +409,8 @@ class NaturalSequence:
             # overlap colour statistics with the background (no colour shortcut) and jitter
             if rng.random() < 0.5:
                 sprite[..., :3] = colour_transfer(sprite[..., :3], sprite[..., 3],
-                                                  self.background, rng.uniform(0.2, 0.7))
+                                                  self._background_stats(),
+                                                  rng.uniform(0.2, 0.7))
             gain = rng.uniform(0.75, 1.2) * (1 + rng.uniform(-0.08, 0.08, 3))
             sprite[..., :3] = np.clip(sprite[..., :3] * gain.astype(np.float32), 0, 255)
         ob = _Object(sprite=sprite, label=label, c0=np.zeros(2),
@@ -745,9 +754,10 @@ def make_natural_dataset(out: str | os.PathLike, photos: PhotoLibrary, *, sequen
 
     Sequence i uses np.random.default_rng([seed, i]) and exactly the hard cases of theme
     VAL_THEMES[i % 8] (the random ones of training clips are off, so the per-attribute
-    breakdown says what each case costs); JPEG quality is drawn per sequence (60-95). natural.json records the
-    photo library, every sequence's objects and their measured attributes (`mlvos eval` reads
-    it for a per-attribute breakdown). Same arguments and photos -> byte-identical files.
+    breakdown says what each case costs); JPEG quality is drawn per sequence (60-95).
+    natural.json records the photo library, every sequence's objects and their measured
+    attributes (`mlvos eval` reads it for a per-attribute breakdown). Same arguments and photos
+    -> byte-identical files.
     Built in a temporary folder beside `out` and renamed at the end.
     """
     from tqdm import tqdm
