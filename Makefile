@@ -25,11 +25,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create/update the virtualenv in .venv
 
-demo: $(STAMP) ## main job on the CPU: synthetic video -> tiny model -> propagate -> J&F and FPS
+demo: $(STAMP) ## main job on the CPU: photos -> natural + synthetic videos -> tiny model -> ONNX -> J&F and FPS
 	$(BIN)/mlvos demo
 
 .PHONY: train-demo train-plot
-train-demo: $(STAMP) ## train the tiny demo model on synthetic data (a few CPU minutes, cached in CKPT)
+train-demo: $(STAMP) ## train the tiny demo model on natural + synthetic clips (a few CPU minutes, cached in CKPT)
 	$(BIN)/mlvos train demo --out $(CKPT)
 
 train-plot: $(STAMP) ## loss curve of the demo model's main training (CKPT.runs/3-main/log.jsonl)
