@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-side", type=int, default=None, help="internal max frame side (e.g. 1080)")
     p.add_argument("--mem-every", type=int, default=None, help="keep every N-th frame in memory")
+    p.add_argument(
+        "--locality", type=float, default=0.0, metavar="SCALE",
+        help="location prior against look-alikes: weight each object by a Gaussian of sigma "
+        "SCALE x its previous box's longer side around that box (0 = off, the default)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (ort)")
     p.add_argument("--overlay", default=None, help="also write an overlay video (.mp4)")
     p.add_argument(
@@ -129,6 +134,7 @@ def main(args: argparse.Namespace) -> int:
                 mem_every=args.mem_every or DEFAULT_MEM_EVERY,
                 max_side=args.max_side,
                 profile=True,
+                locality=args.locality,
             )
             pred.add_mask(0, mask)
             frames = itertools.islice(zip(source.names, source), total_frames)
@@ -193,7 +199,7 @@ def _run_dataset(args: argparse.Namespace, palette_io, tqdm) -> int:
             tqdm(total=total, unit="frame") as bar:
         for seq in dataset:
             pred = VideoPredictor(runner, mem_every=args.mem_every or DEFAULT_MEM_EVERY,
-                                  max_side=args.max_side, profile=True)
+                                  max_side=args.max_side, profile=True, locality=args.locality)
             pred.add_mask(0, seq.first_mask())
             for i in range(len(seq)):
                 palette_io.write_mask(tmp / seq.name / f"{seq.frames[i].stem}.png",

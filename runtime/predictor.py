@@ -9,6 +9,7 @@ import numpy as np
 from mlvos.errors import InputError
 from mlvos.runtime.backends.base import Runner
 from mlvos.runtime.imageops import internal_size, resize_bilinear, resize_nearest
+from mlvos.runtime.locality import apply_locality, check_scale, slot_boxes
 from mlvos.runtime.memory import ANNOTATED, PERIODIC, TEMP, MemoryPolicy
 from mlvos.runtime.spec import DEFAULT_MEM_EVERY, MAX_OBJECT_ID, MIN_SIDE, pad_array, padding_for
 
@@ -56,6 +57,9 @@ class VideoPredictor:
         max_objects: upper bound on simultaneous objects (engine limit); default: 255 ids.
         profile: record per-stage wall time in `timings` (milliseconds per frame). GPU backends
             synchronize between stages then, which costs a little throughput.
+        locality: location prior against look-alikes (runtime.locality): each object's
+            probabilities are weighted by a Gaussian of sigma `locality` x its previous box's
+            longer side around that box; 0 (default) = off. Host-side, after read_decoder.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class VideoPredictor:
         max_side: int | None = None,
         max_objects: int | None = None,
         profile: bool = False,
+        locality: float = 0.0,
     ):
         if mem_every < 1:
             raise InputError(f"mem_every must be >= 1, got {mem_every}")
@@ -78,6 +83,7 @@ class VideoPredictor:
         self.max_objects = min(max_objects or limit, limit)
         self.policy = MemoryPolicy(runner.capacity)
         self.profile = profile
+        self.locality = check_scale(locality)
         self.timings: dict[str, list[float]] = {s: [] for s in STAGES}
         self.reset()
 
@@ -102,6 +108,7 @@ class VideoPredictor:
         self.pad = None
         self.bank_objects = 0
         self.valid = np.zeros((0, self.runner.capacity), np.float32)
+        self.prev_boxes: np.ndarray | None = None
         self.policy.reset()
 
     def add_mask(
@@ -184,11 +191,18 @@ class VideoPredictor:
             probs, labels_dev = runner.read_decode(query, ids_before)
             clock.lap("read_decoder")
             slots = runner.download(labels_dev)
+            if self.locality and self.prev_boxes is not None:
+                host = np.array(runner.download(probs), np.float32)
+                host[:ids_before], slots = apply_locality(host[:ids_before], self.prev_boxes,
+                                                          self.locality)
+                probs = runner.upload(host)
         kind = TEMP if t % self.mem_every else PERIODIC
         if t in self.pending:
             mask, ids = self.pending.pop(t)
             probs, slots = self._apply_mask(mask, ids, probs, slots)
             kind = ANNOTATED
+        if self.locality:
+            self.prev_boxes = None if slots is None else slot_boxes(slots, len(self.ids))
         clock.lap("postprocess")
         if self.ids:
             key, value = runner.encode_memory(frame_dev, probs, query)
