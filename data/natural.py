@@ -215,6 +215,29 @@ def _apply(m: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.
     return (m[0, 0] * x + m[0, 1] * y + m[0, 2]) / d, (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / d
 
 
+class PlacementError(InputError):
+    """No object of a drawn scene stays visible in the frame (a rare draw at small sizes)."""
+
+
+# Draws of a scene before `placed_sequence` gives up: each retry continues the same rng, so
+# the result stays deterministic per seed.
+PLACEMENT_ATTEMPTS = 20
+
+
+def placed_sequence(rng, *args, **kwargs) -> NaturalSequence:
+    """NaturalSequence(rng, *args, **kwargs), drawing the scene again while no object of it
+    is visible (raises the last PlacementError after PLACEMENT_ATTEMPTS draws). `rng` is a
+    numpy Generator or a seed."""
+    rng = _rng(rng)
+    for attempt in range(PLACEMENT_ATTEMPTS):
+        try:
+            return NaturalSequence(rng, *args, **kwargs)
+        except PlacementError:
+            if attempt == PLACEMENT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 class NaturalSequence:
     """One natural-looking sequence; `render(t)` draws frame t.
 
@@ -498,8 +521,8 @@ class NaturalSequence:
         _, labels, _ = self._compose(0.0, paint=False)
         present = set(np.unique(labels).tolist()) - {0}
         if not present:
-            raise InputError(f"cannot place any object visibly in a {self.width}x{self.height} "
-                             "frame; use a larger size")
+            raise PlacementError(f"cannot place any object visibly in a {self.width}x"
+                                 f"{self.height} frame; use a larger size")
         keep = sorted(present)
         remap = {old: new for new, old in enumerate(keep, 1)}
         for ob in self.objects:
@@ -786,7 +809,7 @@ def make_natural_dataset(out: str | os.PathLike, photos: PhotoLibrary, *, sequen
         for i, name in enumerate(names):
             rng = np.random.default_rng([int(seed), i])
             theme = VAL_THEMES[i % len(VAL_THEMES)]
-            seq = NaturalSequence(rng, frames, height, width, photos, min_objects=min_objects,
+            seq = placed_sequence(rng, frames, height, width, photos, min_objects=min_objects,
                                   max_objects=max_objects, force=theme, **THEME_ONLY)
             quality = int(rng.integers(60, 96))
             jdir = tmp / "JPEGImages" / "480p" / name
@@ -821,7 +844,7 @@ def natural_clip(rng_or_seed, photos: PhotoLibrary, num_frames: int = 3, size: i
     from mlvos.data.clips import Clip, _choose_objects, _relabel
 
     rng = _rng(rng_or_seed)
-    seq = NaturalSequence(rng, max(5, num_frames * max(1, max_skip)), size, size, photos,
+    seq = placed_sequence(rng, max(5, num_frames * max(1, max_skip)), size, size, photos,
                           reference=reference, max_objects=max(max_objects, 1) + 1, **options)
     steps = rng.integers(1, max(1, max_skip) + 1, size=num_frames - 1)
     times = np.concatenate([[0], np.cumsum(steps)]).astype(float)

@@ -236,9 +236,9 @@ class NaturalStaticSource(_PhotoSource):
     name = "natural-static"
 
     def sample(self, rng, *, size, max_objects, max_skip):
-        from mlvos.data.natural import NaturalSequence
+        from mlvos.data.natural import placed_sequence
 
-        seq = NaturalSequence(rng, 1, size, size, self.library, reference=self.reference,
+        seq = placed_sequence(rng, 1, size, size, self.library, reference=self.reference,
                               max_objects=max(1, max_objects) + 1)
         image, mask = seq.render(0.0)
         keep = _choose_objects(np.unique(mask), rng, max_objects)
