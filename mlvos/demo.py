@@ -81,12 +81,15 @@ def main(args: argparse.Namespace) -> int:
         )
     step(f"1/5 validation videos ready: {natural}, {synth}")
 
-    if args.retrain or not ckpt.exists():
-        from mlvos.model.train.demo import train_demo_model
+    from mlvos.model.train.demo import is_cached_demo_model, train_demo_model
 
+    # A checkpoint of an older recipe (or other minutes/photos) is retrained, not reused.
+    if args.retrain or not is_cached_demo_model(ckpt, minutes=args.train_minutes,
+                                                photos=str(photos_dir)):
         step(f"2/5 training tiny for {args.train_minutes:g} min on natural + synthetic clips "
              f"-> {ckpt}")
-        train_demo_model(ckpt, minutes=args.train_minutes, photos=str(photos_dir))
+        train_demo_model(ckpt, minutes=args.train_minutes, photos=str(photos_dir),
+                         force=args.retrain)
     else:
         step(f"2/5 reusing checkpoint {ckpt} (--retrain to train again)")
 

@@ -68,10 +68,31 @@ def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2,
     return stages
 
 
+def _demo_key(minutes: float, seed: int, photos: str | None) -> dict:
+    return {"recipe": DEMO_RECIPE, "minutes": float(minutes), "seed": int(seed),
+            "photos": str(photos) if photos else "default"}
+
+
+def is_cached_demo_model(ckpt: str | os.PathLike, *, minutes: float = 4.0, seed: int = 0,
+                         photos: str | None = None) -> bool:
+    """Whether `ckpt` holds a demo checkpoint of this recipe, minutes, seed and photo folder
+    (a checkpoint of an older recipe, any other file or none at all: False)."""
+    from mlvos.model.checkpoint import read_checkpoint
+
+    path = Path(ckpt)
+    if not path.is_file():
+        return False
+    try:
+        return read_checkpoint(path).get("extra", {}).get("demo") == _demo_key(minutes, seed,
+                                                                               photos)
+    except CheckpointError:
+        return False  # unreadable: retrain
+
+
 def train_demo_model(out_ckpt: str | os.PathLike, *, minutes: float = 4.0, seed: int = 0,
                      threads: int | None = 2, force: bool = False,
                      progress: bool | None = None, photos: str | None = None) -> Path:
-    """Train `tiny` on synthetic data for about `minutes` and write its checkpoint.
+    """Train `tiny` with the demo recipe for about `minutes` and write its checkpoint.
 
     Cached: if `out_ckpt` already holds a demo checkpoint of this recipe, minutes and seed, it
     is returned untouched (pass force=True to retrain). The run folders live beside it in
@@ -81,18 +102,12 @@ def train_demo_model(out_ckpt: str | os.PathLike, *, minutes: float = 4.0, seed:
         Path of the checkpoint (loadable by `mlvos infer` / load_model).
     """
     from mlvos.fileio import atomic_path
-    from mlvos.model.checkpoint import read_checkpoint
     from mlvos.model.train.trainer import TrainOptions, train
 
     out = Path(out_ckpt)
-    key = {"recipe": DEMO_RECIPE, "minutes": float(minutes), "seed": int(seed),
-           "photos": str(photos) if photos else "default"}
-    if out.is_file() and not force:
-        try:
-            if read_checkpoint(out).get("extra", {}).get("demo") == key:
-                return out
-        except CheckpointError:
-            pass  # unreadable: retrain below
+    key = _demo_key(minutes, seed, photos)
+    if not force and is_cached_demo_model(out, minutes=minutes, seed=seed, photos=photos):
+        return out
     runs = out.with_name(out.name + ".runs")
     shutil.rmtree(runs, ignore_errors=True)
     previous = None

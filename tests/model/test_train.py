@@ -222,8 +222,9 @@ def test_finetune_target_size_mismatch_names_files(tmp_path, davis, capsys):
     assert "00000.png" in err and "must match" in err
 
 
-def test_demo_recipe_trains_and_caches(tmp_path, photo_folder):
-    from mlvos.model.train.demo import train_demo_model
+def test_demo_recipe_trains_and_caches(tmp_path, photo_folder, monkeypatch):
+    from mlvos.model.train import demo
+    from mlvos.model.train.demo import is_cached_demo_model, train_demo_model
 
     ckpt = tmp_path / "tiny.pt"
     assert train_demo_model(ckpt, minutes=0.02, threads=2, photos=str(photo_folder)) == ckpt
@@ -233,7 +234,14 @@ def test_demo_recipe_trains_and_caches(tmp_path, photo_folder):
     stamp = ckpt.stat().st_mtime_ns
     train_demo_model(ckpt, minutes=0.02, threads=2, photos=str(photo_folder))  # cached
     assert ckpt.stat().st_mtime_ns == stamp
-    load_model(ckpt)
+    # the recipe trains through KMN's read kernel and the checkpoint carries it
+    assert load_model(ckpt)[0].config.read_kernel == 2.0
+    # `mlvos demo` asks before reusing: other minutes or an older recipe are not this model
+    assert is_cached_demo_model(ckpt, minutes=0.02, photos=str(photo_folder))
+    assert not is_cached_demo_model(ckpt, minutes=4, photos=str(photo_folder))
+    assert not is_cached_demo_model(tmp_path / "missing.pt", minutes=0.02)
+    monkeypatch.setattr(demo, "DEMO_RECIPE", demo.DEMO_RECIPE + 1)
+    assert not is_cached_demo_model(ckpt, minutes=0.02, photos=str(photo_folder))
 
 
 def test_bn_calib_sets_frozen_statistics_from_the_runs_data(tmp_path, capsys):
