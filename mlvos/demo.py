@@ -88,8 +88,7 @@ def main(args: argparse.Namespace) -> int:
                                                 photos=str(photos_dir)):
         step(f"2/5 training tiny for {args.train_minutes:g} min on natural + synthetic clips "
              f"-> {ckpt}")
-        train_demo_model(ckpt, minutes=args.train_minutes, photos=str(photos_dir),
-                         force=args.retrain)
+        train_demo_model(ckpt, minutes=args.train_minutes, photos=str(photos_dir), force=True)
     else:
         step(f"2/5 reusing checkpoint {ckpt} (--retrain to train again)")
 

@@ -192,9 +192,8 @@ class VideoPredictor:
             clock.lap("read_decoder")
             slots = runner.download(labels_dev)
             if self.locality and self.prev_boxes is not None:
-                host = np.array(runner.download(probs), np.float32)
-                host[:ids_before], slots = apply_locality(host[:ids_before], self.prev_boxes,
-                                                          self.locality)
+                host, slots = apply_locality(runner.download(probs)[:ids_before],
+                                             self.prev_boxes, self.locality)
                 probs = runner.upload(host)
         kind = TEMP if t % self.mem_every else PERIODIC
         if t in self.pending:

@@ -372,14 +372,15 @@ def build_source(stage: str, data: Sequence[str], static: Sequence[str] = (), *,
                 sources.append(made[spec])
                 continue
             if spec.kind == "natural":
-                sources.append(made.setdefault(spec, NaturalStaticSource(photos,
-                                                                         int(spec.arg or 480))))
+                made[spec] = NaturalStaticSource(photos, int(spec.arg or 480))
+                sources.append(made[spec])
                 continue
             if spec.kind != "synth":
                 raise InputError(f"--data {spec} is a video dataset; pre-training uses static "
                                  "images (--static IMAGES:MASKS), photographs (--data natural) "
                                  "or synthetic frames (--data synth)")
-            sources.append(made.setdefault(spec, SynthStaticSource(Canvas.parse(spec.arg))))
+            made[spec] = SynthStaticSource(Canvas.parse(spec.arg))
+            sources.append(made[spec])
         if not sources:
             sources.append(SynthStaticSource())
     elif stage == "main":
