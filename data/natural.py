@@ -122,11 +122,14 @@ def random_mask(rng: np.random.Generator, h: int, w: int, kind: str | None = Non
 
 
 def _lab_stats(rgb: np.ndarray, weight: np.ndarray | None = None):
+    """(Lab image, Lab mean (3,), Lab std (3,) + 1e-3) over the pixels where weight > 0.5."""
     lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-    pix = lab.reshape(-1, 3) if weight is None else lab.reshape(-1, 3)[weight.ravel() > 0.5]
-    if len(pix) < 4:
-        pix = lab.reshape(-1, 3)
-    return lab, pix.mean(0), pix.std(0) + 1e-3
+    mask = None if weight is None else (weight > 0.5).astype(np.uint8)
+    if mask is not None and int(cv2.countNonZero(mask)) < 4:
+        mask = None
+    # one C pass (numpy's mean + std took a third of a training clip's rendering time)
+    mu, sd = cv2.meanStdDev(lab, mask=mask)
+    return lab, mu.ravel().astype(np.float32), sd.ravel().astype(np.float32) + 1e-3
 
 
 def colour_transfer(rgb: np.ndarray, alpha: np.ndarray, target: tuple[np.ndarray, np.ndarray],
