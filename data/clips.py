@@ -296,3 +296,45 @@ def sample_video_clip(frames: Sequence, masks: Sequence, rng: np.random.Generato
     out_l = np.stack([lb[y:y + crop, x:x + crop] for lb in labs])
     present = [i for i in keep if np.any(out_l[0] == i)]
     return Clip(np.ascontiguousarray(out_f), _relabel(out_l, present), len(present))
+
+
+def augment_clip(clip: Clip, rng: np.random.Generator | int | None, *,
+                 min_pixels: int = 16) -> Clip:
+    """A cheap variation of a training clip (for clip reuse): horizontal flip, time reversal,
+    zoom into a random square (x1-1.3) and a brightness/contrast/tint change, each with
+    probability 1/2. Objects absent (< `min_pixels`) from the new first frame are dropped and
+    the rest relabelled 1..k in order; a zoom or reversal that would leave no object is skipped.
+
+    Returns:
+        Clip of the input's shape (T, S, S, 3) uint8 / (T, S, S) uint8 / k >= 1 when the input
+        has an object.
+    """
+    cv2 = _cv2()
+    rng = _rng(rng)
+    frames, labels = clip.frames, clip.labels
+    flip, reverse, zoom, photo = rng.random(4) < 0.5
+    if flip:
+        frames, labels = frames[:, :, ::-1], labels[:, :, ::-1]
+    if reverse and len(frames) > 1 and np.count_nonzero(labels[-1]) >= min_pixels:
+        frames, labels = frames[::-1], labels[::-1]
+    if zoom:
+        h, w = labels.shape[1:]
+        f = rng.uniform(1.0, 1.3)
+        ch, cw = max(8, round(h / f)), max(8, round(w / f))
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        if np.count_nonzero(labels[0, y0:y0 + ch, x0:x0 + cw]) >= min_pixels:
+            frames = np.stack([cv2.resize(np.ascontiguousarray(x[y0:y0 + ch, x0:x0 + cw]),
+                                          (w, h), interpolation=cv2.INTER_LINEAR)
+                               for x in frames])
+            labels = np.stack([cv2.resize(np.ascontiguousarray(x[y0:y0 + ch, x0:x0 + cw]),
+                                          (w, h), interpolation=cv2.INTER_NEAREST)
+                               for x in labels])
+    if photo:
+        gain = rng.uniform(0.8, 1.2) * (1 + rng.uniform(-0.05, 0.05, 3))
+        bias = rng.uniform(-12, 12)
+        frames = np.clip(frames.astype(np.float32) * gain.astype(np.float32) + np.float32(bias),
+                         0, 255).astype(np.uint8)
+    ids, counts = np.unique(labels[0], return_counts=True)
+    keep = [int(i) for i, c in zip(ids, counts, strict=True) if i and c >= min_pixels]
+    return Clip(np.ascontiguousarray(frames), _relabel(np.ascontiguousarray(labels), keep),
+                len(keep))

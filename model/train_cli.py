@@ -84,6 +84,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-skip", type=_max_skip, default=_S, metavar="LOW,HIGH",
                    help="main-training max-skip curriculum (default 5,25)")
     d.add_argument("--workers", type=int, default=_S, help="DataLoader workers (default 0)")
+    d.add_argument("--reuse", type=int, default=_S, metavar="N",
+                   help="steps each rendered clip serves: once as drawn, then varied by flip, "
+                   "time reversal, zoom and photometric jitter (default 1 = fresh clips; 2 "
+                   "halves the rendering cost of natural clips)")
 
     o = p.add_argument_group("optimization")
     o.add_argument("--steps", type=int, default=_S, help="total steps of the stage (default 10000)")

@@ -439,20 +439,56 @@ class ClipDataset(torch.utils.data.Dataset):
         size: square crop side; max_objects: object slots K.
         skip: step -> max skip (curriculum); None = always 1.
         length: number of samples (steps * batch).
+        reuse: each rendered clip serves `reuse` consecutive steps (the same batch position),
+            unchanged the first time and as a cheap variation (`augment_clip`: flip, time
+            reversal, zoom, photometric) after that. Rendering natural clips costs about as
+            much CPU as a training step of `tiny`; reuse 2 halves it. The first use of a clip is
+            the clip that reuse 1 draws at that sample index, and each item stays a pure
+            function of (seed, rank, n): a worker keeps the last `batch` clips it rendered, so
+            only the speed depends on the worker count.
 
     Items: dict with "frames" (T, 3, S, S) uint8, "labels" (T, S, S) int64 ids 0..k,
     "num_objects" int64 scalar k in 1..K.
     """
 
     def __init__(self, source: ClipSource, *, seed: int, rank: int, batch: int, size: int,
-                 max_objects: int, skip: Callable[[int], int] | None, length: int):
+                 max_objects: int, skip: Callable[[int], int] | None, length: int,
+                 reuse: int = 1):
+        if int(reuse) < 1:
+            raise InputError(f"reuse must be >= 1, received {reuse}")
         self.source, self.seed, self.rank, self.batch = source, int(seed), int(rank), int(batch)
         self.size, self.max_objects, self.skip, self.length = size, max_objects, skip, length
+        self.reuse = int(reuse)
+        self._rendered: dict[int, Clip] = {}  # base sample index -> clip (per worker process)
 
     def __len__(self) -> int:
         return self.length
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_rendered"] = {}
+        return state
+
     def clip(self, n: int) -> Clip:
+        n = int(n)
+        if self.reuse == 1:
+            return self._render(n)
+        span = self.batch * self.reuse
+        base = n // span * span + n % self.batch  # first sample index of this clip's group
+        clip = self._rendered.get(base)
+        if clip is None:
+            clip = self._render(base)
+            self._rendered[base] = clip
+            while len(self._rendered) > self.batch:
+                del self._rendered[min(self._rendered)]
+        if base == n:
+            return clip
+        from mlvos.data.clips import augment_clip
+
+        varied = augment_clip(clip, np.random.default_rng([self.seed, self.rank, n, 1]))
+        return varied if varied.num_objects > 0 else clip
+
+    def _render(self, n: int) -> Clip:
         rng = np.random.default_rng([self.seed, self.rank, int(n)])
         max_skip = self.skip(int(n) // self.batch) if self.skip else 1
         for _ in range(_MAX_DRAWS):

@@ -77,6 +77,8 @@ class TrainOptions:
             averages do not reproduce at inference; a frozen, recalibrated run trains exactly
             as it will be evaluated. 0 = off.
         workers: DataLoader worker processes; seed: run seed.
+        reuse: steps each rendered clip serves (1 = fresh clips; 2 = every clip once as drawn
+            and once varied by flip/reversal/zoom/photometric; ClipDataset).
         save_every: checkpoint period in steps; keep_checkpoints: also keep step-NNNNNN.pt.
         amp: mixed precision: float16 autocast + GradScaler on CUDA, bfloat16 autocast on a CPU
             whose oneDNN has native bf16 (AVX512-BF16 / AMX; elsewhere bf16 is emulated and
@@ -121,6 +123,7 @@ class TrainOptions:
     train_bn: bool = False
     bn_calib: int = 0
     workers: int = 0
+    reuse: int = 1
     seed: int = 0
     save_every: int = 500
     keep_checkpoints: bool = False
@@ -166,7 +169,7 @@ class TrainOptions:
             raise InputError("give exactly one of --variant V (new model) or --init CKPT "
                              "(weights of a previous stage), or --resume a run")
         positive = {"size": self.size, "batch": self.batch, "max_objects": self.max_objects,
-                    "steps": self.steps, "save_every": self.save_every,
+                    "steps": self.steps, "save_every": self.save_every, "reuse": self.reuse,
                     "log_every": self.log_every}
         for name, v in positive.items():
             if not isinstance(v, int) or v < 1:
@@ -540,7 +543,7 @@ def _train(opts: TrainOptions, info, state, load_model, build_model) -> TrainRes
         if opts.stage == "main" else None  # a partial, not a lambda: workers are spawned
     dataset = ClipDataset(source, seed=opts.seed, rank=info.rank, batch=opts.batch,
                           size=opts.size, max_objects=opts.max_objects, skip=skip,
-                          length=opts.steps * opts.batch)
+                          length=opts.steps * opts.batch, reuse=opts.reuse)
     loader = make_loader(dataset, start_step=start_step, total_steps=opts.steps,
                          workers=opts.workers)
     if opts.bn_calib and state is None:

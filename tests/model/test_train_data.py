@@ -114,6 +114,58 @@ def test_loader_starts_at_a_step_and_ignores_workers():
     assert torch.equal(valid.sum(1).long(), full[0]["num_objects"])
 
 
+def test_clip_reuse_is_a_pure_function_of_the_index():
+    source = SynthVideoSource()
+    fresh = _dataset(source)
+    reuse = ClipDataset(source, seed=7, rank=0, batch=2, size=64, max_objects=3, skip=None,
+                        length=100, reuse=3)
+    # indices 0..5 are steps 0..2 of batch 2: positions share one rendered clip each
+    for n in (0, 1):
+        assert torch.equal(reuse[n]["frames"], fresh[n]["frames"])  # first use: as drawn
+    for n in range(2, 6):
+        item = reuse[n]
+        _check_item(item, 64)
+        assert not torch.equal(item["frames"], reuse[n % 2]["frames"])  # varied
+    # step 3 starts a new group: the clip reuse 1 draws at index 6
+    assert torch.equal(reuse[6]["frames"], fresh[6]["frames"])
+    # out-of-order access (another worker, a resumed run) gives the same items
+    other = ClipDataset(source, seed=7, rank=0, batch=2, size=64, max_objects=3, skip=None,
+                        length=100, reuse=3)
+    for n in (5, 0, 3):
+        assert all(torch.equal(other[n][k], reuse[n][k]) for k in item)
+    assert len(reuse._rendered) <= 2
+    with pytest.raises(InputError, match="reuse must be >= 1"):
+        ClipDataset(source, seed=7, rank=0, batch=2, size=64, max_objects=3, skip=None,
+                    length=100, reuse=0)
+
+
+def test_augment_clip_keeps_labels_aligned():
+    from mlvos.data.clips import Clip, augment_clip
+
+    frames = np.zeros((3, 64, 64, 3), np.uint8)
+    labels = np.zeros((3, 64, 64), np.uint8)
+    for t in range(3):  # object 1 a red square moving right, object 2 only in frame 0
+        labels[t, 20:40, 5 + 10 * t:25 + 10 * t] = 1
+        frames[t][labels[t] == 1] = (200, 30, 30)
+    labels[0, 50:60, 50:60] = 2
+    frames[0][labels[0] == 2] = (30, 30, 200)
+    clip = Clip(frames, labels, 2)
+    seen = set()
+    for seed in range(40):
+        out = augment_clip(clip, seed)
+        assert out.frames.shape == frames.shape and out.labels.shape == labels.shape
+        assert out.frames.dtype == np.uint8 and out.labels.dtype == np.uint8
+        assert out.num_objects >= 1
+        assert set(np.unique(out.labels[0]).tolist()) == set(range(out.num_objects + 1))
+        # object 2 exists only in frame 0: a time-reversed clip must drop it
+        seen.add(out.num_objects)
+        red = out.frames[..., 0].astype(int) - out.frames[..., 2].astype(int) > 60
+        inner = out.labels == 1
+        if out.num_objects == 1:  # reversed or zoomed away from object 2: object 1 is red
+            assert red[inner].mean() > 0.9
+    assert seen == {1, 2}
+
+
 def test_max_skip_curriculum_grows_then_drops():
     values = [max_skip_at(s, 100) for s in range(100)]
     assert values[0] == 5 and max(values) == 25 and values[-1] == 5
