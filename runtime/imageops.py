@@ -37,8 +37,12 @@ def resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
-def internal_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
-    """Size the network sees: the frame scaled down so its longer side is at most `max_side`."""
+def internal_size(height: int, width: int, max_side: int | None,
+                  scale: float = 1.0) -> tuple[int, int]:
+    """Size the network sees: the frame scaled by `scale`, then down so that its longer side is
+    at most `max_side` (if given)."""
+    if scale != 1.0:
+        height, width = max(1, round(height * scale)), max(1, round(width * scale))
     if not max_side or max(height, width) <= max_side:
         return height, width
     s = max_side / max(height, width)

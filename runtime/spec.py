@@ -33,6 +33,9 @@ INVALID_SLOT_BIAS: float = -1e4
 MIN_SIDE: int = 32
 # Default number of memory slots (annotated frame + every N-th frames + the previous frame).
 DEFAULT_CAPACITY: int = 6
+# Range of the predictor's internal scale (frame size x scale is what the network sees).
+MIN_SCALE: float = 0.25
+MAX_SCALE: float = 4.0
 # Default period of permanent memory frames (STM's mem_every).
 DEFAULT_MEM_EVERY: int = 5
 # Label maps are uint8, 0 = background, so at most 255 objects.

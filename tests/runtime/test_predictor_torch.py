@@ -81,6 +81,32 @@ def test_max_side_resizes_back(ckpt):
     assert pred.inner == (36, 64)
 
 
+def test_scale_upsamples_inside_and_resizes_back(ckpt):
+    frames = [
+        np.random.default_rng(i).integers(0, 256, (90, 160, 3), dtype=np.uint8) for i in range(3)
+    ]
+    mask = np.zeros((90, 160), np.uint8)
+    mask[20:60, 30:100] = 1
+    with open_runner(ckpt, backend="torch") as runner:
+        pred = VideoPredictor(runner, scale=1.5)
+        pred.add_mask(0, mask)
+        outs = [pred.step(f) for f in frames]
+        assert pred.inner == (135, 240)
+        capped = VideoPredictor(runner, scale=2.0, max_side=200)
+        capped.add_mask(0, mask)
+        capped.step(frames[0])
+        assert capped.inner == (112, 200)  # max_side still caps the scaled size
+        for bad in (0.1, 5.0, "2"):
+            with pytest.raises(InputError, match="scale must be a number"):
+                VideoPredictor(runner, scale=bad)
+        tiny = VideoPredictor(runner, scale=0.25)
+        tiny.add_mask(0, mask)
+        with pytest.raises(InputError, match="raise scale or max_side"):
+            tiny.step(frames[0])
+    assert all(o.shape == (90, 160) for o in outs)
+    assert (outs[0] == 1).sum() > 0
+
+
 def test_bad_input(ckpt):
     with open_runner(ckpt, backend="torch") as runner:
         pred = VideoPredictor(runner)

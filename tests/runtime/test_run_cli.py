@@ -54,6 +54,9 @@ def test_run_max_side_keeps_the_input_size(export_dir, video, tmp_path):
     out = tmp_path / "masks"
     assert _run(export_dir, frames, mask, out, "--max-side", "64") == 0
     assert all(read_mask(p).shape == (64, 96) for p in out.glob("*.png"))
+    up = tmp_path / "up"
+    assert _run(export_dir, frames, mask, up, "--scale", "1.5") == 0
+    assert all(read_mask(p).shape == (64, 96) for p in up.glob("*.png"))
 
 
 def test_frames_of_differing_sizes_are_refused(export_dir, video, tmp_path, capsys):
