@@ -27,7 +27,9 @@ def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2,
 
     Progressive, natural-looking clips first (`mlvos data synth --style natural`: photo
     backgrounds and cut-outs, no colour shortcut), synthetic ones mixed in at the end:
-    1. pretrain: static photo cut-outs simulated into clips (the paper's stage 1), 160x160;
+    1. pretrain: static photo cut-outs simulated into clips (the paper's stage 1), 160x160,
+       each rendered clip used for two steps (`reuse`: rendering 4 clips took longer than the
+       step);
     2. main: natural videos, 320x320 crops, skips growing 3 -> 10 frames;
     3. main: natural x2 + synthetic 480x854 videos, 448x448 crops, close to full-frame
        inference (the memory read must stay sharp over ~1500 positions per frame).
