@@ -89,7 +89,8 @@ class VideoPredictor:
             raise InputError(f"mem_every must be >= 1, got {mem_every}")
         if max_side is not None and max_side < MIN_SIDE:
             raise InputError(f"max_side must be >= {MIN_SIDE}, got {max_side}")
-        if not (isinstance(scale, (int, float)) and MIN_SCALE <= scale <= MAX_SCALE):
+        if isinstance(scale, bool) or not (isinstance(scale, (int, float))
+                                           and MIN_SCALE <= scale <= MAX_SCALE):
             raise InputError(f"scale must be a number in [{MIN_SCALE}, {MAX_SCALE}], got "
                              f"{scale!r}")
         self.runner = runner
@@ -207,11 +208,13 @@ class VideoPredictor:
             clock.lap("query_encoder")
             probs, labels_dev = runner.read_decode(query, ids_before)
             clock.lap("read_decoder")
-            slots = runner.download(labels_dev)
             if self.locality and self.prev_boxes is not None:
+                # the prior re-takes the argmax: the graph's label map is not needed
                 host, slots = apply_locality(runner.download(probs)[:ids_before],
                                              self.prev_boxes, self.locality)
                 probs = runner.upload(host)
+            else:
+                slots = runner.download(labels_dev)
         kind = TEMP if t % self.mem_every else PERIODIC
         if t in self.pending:
             mask, ids = self.pending.pop(t)

@@ -94,7 +94,7 @@ def test_internal_size_and_labels_back_at_input_size(ckpt, options, inner):
 def test_bad_scale(ckpt):
     frames, mask = _noise_video(n=1)
     with open_runner(ckpt, backend="torch") as runner:
-        for bad in (0.1, 5.0, "2"):
+        for bad in (0.1, 5.0, "2", True):
             with pytest.raises(InputError, match="scale must be a number"):
                 VideoPredictor(runner, scale=bad)
         tiny = VideoPredictor(runner, scale=0.25)
