@@ -27,7 +27,7 @@ def _propagate(runner, seq, mem_every: int) -> list[np.ndarray]:
 
 
 def _write(folder: Path, seq, labels: list[np.ndarray]) -> None:
-    from mlvos.data.palette import encode_mask
+    from mlvos.palette import encode_mask
 
     out = folder / seq.name
     out.mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,7 @@ def check_frames(ds, names: Sequence[str], *, stride: int, static_size, what: st
     Raises:
         CalibDataError: a sequence whose frames do not fit the model.
     """
-    from mlvos.data.palette import frame_size
+    from mlvos.palette import frame_size
 
     low = max(stride, MIN_SIDE)
     for name in names:

@@ -41,13 +41,13 @@ def _check_image_mask(image: np.ndarray, mask: np.ndarray, what: str = "") -> No
         shape = getattr(image, "shape", None)
         raise InputError(
             f"{what}image must be (H, W, 3) uint8 RGB, received shape {shape} dtype "
-            f"{getattr(image, 'dtype', type(image).__name__)}; use mlvos.data.palette.read_frame"
+            f"{getattr(image, 'dtype', type(image).__name__)}; use mlvos.palette.read_frame"
         )
     if not isinstance(mask, np.ndarray) or mask.ndim != 2 or mask.dtype != np.uint8:
         raise InputError(
             f"{what}mask must be (H, W) uint8 object ids, received shape "
             f"{getattr(mask, 'shape', None)} dtype {getattr(mask, 'dtype', None)}; "
-            "use mlvos.data.palette.read_mask"
+            "use mlvos.palette.read_mask"
         )
     if image.shape[:2] != mask.shape:
         raise InputError(
@@ -177,7 +177,7 @@ def _load_frame(item, index: int) -> np.ndarray:
     if isinstance(item, np.ndarray):
         return item
     if isinstance(item, (str, os.PathLike)):
-        from mlvos.data.palette import read_frame
+        from mlvos.palette import read_frame
 
         return read_frame(item)
     raise InputError(f"frame {index} must be a path or (H, W, 3) uint8 array, received "
@@ -188,7 +188,7 @@ def _load_mask(item, index: int) -> np.ndarray:
     if isinstance(item, np.ndarray):
         return item
     if isinstance(item, (str, os.PathLike)):
-        from mlvos.data.palette import read_mask
+        from mlvos.palette import read_mask
 
         return read_mask(item)
     raise InputError(f"mask {index} must be a path or (H, W) uint8 array, received "

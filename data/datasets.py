@@ -1,7 +1,7 @@
 """Dataset readers: DAVIS 2016/2017, YouTube-VOS 2018/2019, static image+mask folders.
 
 Readers list files and validate the layout up front (image headers only, so construction is
-cheap); pixels are read on demand with `mlvos.data.palette`. numpy + pillow only, no torch.
+cheap); pixels are read on demand with `mlvos.palette`. numpy + pillow only, no torch.
 Every problem raises `DatasetError` naming the offending file and the fix.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlvos.data.palette import binary_to_ids, frame_size, mask_header, read_frame, read_mask
 from mlvos.errors import DatasetError, InputError
+from mlvos.palette import binary_to_ids, frame_size, mask_header, read_frame, read_mask
 
 FRAME_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 

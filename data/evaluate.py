@@ -293,7 +293,7 @@ def evaluate_sequence(
 
 
 def _read_ids(path: Path) -> np.ndarray:
-    from .palette import read_mask
+    from mlvos.palette import read_mask
 
     return read_mask(path)
 
@@ -425,7 +425,7 @@ def copy_first_mask_baseline(
     Void (255) becomes background so the result is a valid prediction. The folder is written
     atomically (complete or absent); `force` replaces an existing one.
     """
-    from .palette import encode_mask
+    from mlvos.palette import encode_mask
 
     gt_dir, out_dir = Path(gt_dir), Path(out_dir)
     names = list(sequences) if sequences else list_sequences(gt_dir)

@@ -788,7 +788,7 @@ def make_natural_dataset(out: str | os.PathLike, photos: PhotoLibrary, *, sequen
     """
     from tqdm import tqdm
 
-    from mlvos.data.palette import encode_frame, encode_mask
+    from mlvos.palette import encode_frame, encode_mask
     from mlvos.fileio import atomic_dir
 
     for name, v, lo in (("sequences", sequences, 1), ("frames", frames, 2), ("seed", seed, 0)):

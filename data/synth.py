@@ -443,8 +443,8 @@ def make_synthetic_dataset(out: str | os.PathLike, *, sequences: int, frames: in
     """
     from tqdm import tqdm
 
-    from mlvos.data.palette import encode_frame, encode_mask
     from mlvos.fileio import atomic_dir
+    from mlvos.palette import encode_frame, encode_mask
 
     _check_size(frames, height, width, min_objects, max_objects)
     if not isinstance(sequences, (int, np.integer)) or sequences < 1:

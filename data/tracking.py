@@ -148,7 +148,7 @@ def tracking_stats(pred: str | os.PathLike, first_mask: str | os.PathLike) -> Tr
         DatasetError: a missing folder or mask, a folder without PNGs, a first mask without
             objects, or a predicted mask of another size.
     """
-    from mlvos.data.palette import read_mask
+    from mlvos.palette import read_mask
 
     pred = Path(pred)
     if not pred.is_dir():

@@ -206,8 +206,8 @@ def make_vtest(out: str | os.PathLike, *, force: bool = False,
         DatasetError: the video cannot be fetched (no apt-get, no mirror) or is not the
             expected file.
     """
-    from mlvos.data.palette import encode_mask
     from mlvos.fileio import atomic_dir
+    from mlvos.palette import encode_mask
 
     out = Path(out)
     mask = first_mask()

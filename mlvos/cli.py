@@ -28,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "run": "mlvos.runtime.cli",
     "engine": "mlvos.runtime.engine_cli",
     "calib": "mlvos.calib.cli",
-    "profile": "mlvos.runtime.profile_cli",
+    "profile": "mlvos.profiling.cli",
     "demo": "mlvos.demo",
 }
 

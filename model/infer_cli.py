@@ -38,11 +38,11 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from mlvos.data.palette import read_frame, read_mask, write_mask
     from mlvos.errors import DatasetError
     from mlvos.fileio import atomic_dir
     from mlvos.model.checkpoint import load_model, with_read_options
     from mlvos.model.inference import propagate
+    from mlvos.palette import read_frame, read_mask, write_mask
     from mlvos.runtime.spec import DEFAULT_CAPACITY, DEFAULT_MEM_EVERY
 
     torch.set_grad_enabled(False)

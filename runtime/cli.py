@@ -100,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
     from mlvos.runtime.spec import DEFAULT_MEM_EVERY
     from mlvos.runtime.video_io import ContactSheet, FrameSource, OverlayWriter, draw_overlay
 
-    palette_io = require("mlvos.data.palette", "ort", "reading/writing palette PNGs")
+    palette_io = require("mlvos.palette", "ort", "reading/writing palette PNGs")
     tqdm = require("tqdm", "ort", "progress bars").tqdm
     if args.data:
         for flag in ("mask", "overlay", "contact_sheet", "sheet_frames", "frames"):

@@ -150,7 +150,7 @@ class VideoPredictor:
             raise InputError(
                 f"mask must be an (H, W) uint8 label map, got shape {mask.shape} "
                 f"dtype {mask.dtype}; "
-                "convert palette/grayscale PNGs with mlvos.data.palette.read_mask"
+                "convert palette/grayscale PNGs with mlvos.palette.read_mask"
             )
         present = [int(i) for i in np.unique(mask) if i != 0]
         ids = present if object_ids is None else [int(i) for i in object_ids]

@@ -283,7 +283,7 @@ def _prepare_out(out: Path, opts: TrainOptions, info) -> None:
 
 def _finetune_target(opts: TrainOptions):
     """(image (H, W, 3) uint8, mask (H, W) uint8) of the video to fine-tune on."""
-    from mlvos.data.palette import read_frame, read_mask
+    from mlvos.palette import read_frame, read_mask
 
     if opts.video:
         from mlvos.model.train.data import resolve_video_frames

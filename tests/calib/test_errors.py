@@ -82,7 +82,7 @@ def test_frames_smaller_than_the_stride(export_copy, make_data, tmp_path):
 
 
 def test_empty_first_annotation(export_copy, calib_data, tmp_path):
-    from mlvos.data.palette import write_mask
+    from mlvos.palette import write_mask
 
     data = tmp_path / "d"
     shutil.copytree(calib_data, data)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mlvos.cli import main
-from mlvos.data.palette import write_mask
+from mlvos.palette import write_mask
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def test_synth_then_check(tmp_path, capsys):
 
 
 def test_failure_leaves_nothing(tmp_path, monkeypatch):
-    import mlvos.data.palette as palette
+    import mlvos.palette as palette
 
     calls = {"n": 0}
     real = palette.encode_mask

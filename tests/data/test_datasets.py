@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from mlvos.data.datasets import DavisDataset, StaticPairs, YouTubeVOS, static_mask_ids
-from mlvos.data.palette import read_mask, write_frame, write_mask
 from mlvos.data.synth import make_synthetic_dataset
 from mlvos.errors import DatasetError
+from mlvos.palette import read_mask, write_frame, write_mask
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from mlvos.data.evaluate import (
     evaluate_folders,
     evaluate_sequence,
 )
-from mlvos.data.palette import write_mask
 from mlvos.errors import DatasetError, InputError
+from mlvos.palette import write_mask
 
 _spec = importlib.util.spec_from_file_location(
     "davis_official_reference", Path(__file__).with_name("davis_official_reference.py")

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from mlvos.data.palette import read_frame, read_mask
 from mlvos.data.synth import SynthSequence, make_synthetic_dataset, synth_clip, synth_sequence
 from mlvos.errors import InputError
+from mlvos.palette import read_frame, read_mask
 
 SMALL = dict(sequences=3, frames=5, height=72, width=128)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlvos.data.palette import write_mask
 from mlvos.data.tracking import largest_component_share, tracking_stats
 from mlvos.errors import DatasetError
+from mlvos.palette import write_mask
 
 H, W = 40, 60
 

@@ -12,9 +12,9 @@ import pytest
 
 from mlvos.cli import main
 from mlvos.data import vtest
-from mlvos.data.palette import encode_mask, read_mask
 from mlvos.data.tracking import largest_component_share
 from mlvos.errors import DatasetError, InputError
+from mlvos.palette import encode_mask, read_mask
 
 FAKE_VIDEO = b"RIFF fake vtest.avi bytes"
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlvos.data.palette import read_mask, write_frame
 from mlvos.data.synth import make_synthetic_dataset
 from mlvos.model.checkpoint import load_model, read_checkpoint
 from mlvos.model.train_cli import run
+from mlvos.palette import read_mask, write_frame
 
 FAST = ["--variant", "tiny", "--size", "64", "--batch", "2", "--lr", "1e-3", "--log-every",
         "1", "--threads", "2"]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from mlvos.data.palette import write_frame, write_mask
 from mlvos.data.synth import SynthSequence
 from mlvos.errors import DatasetError, InputError
 from mlvos.model.train.data import (
@@ -28,6 +27,7 @@ from mlvos.model.train.data import (
 from mlvos.model.train.lucid import LucidDreamer, LucidSource
 from mlvos.model.train.schedule import lr_factor, make_scheduler
 from mlvos.model.train.state import capture_rng, restore_rng
+from mlvos.palette import write_frame, write_mask
 
 
 def _dataset(source, rank=0, size=64, skip=None):

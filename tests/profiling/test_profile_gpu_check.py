@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mlvos.runtime.gpu_check import REPORT_FILE, run_gpu_check  # noqa: E402
+from mlvos.profiling.gpu_check import REPORT_FILE, run_gpu_check  # noqa: E402
 
 
 def test_smoke_run_writes_report(tmp_path, capsys):

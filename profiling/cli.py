@@ -225,7 +225,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             export_dir = args.export_dir or str(ckpt.with_name(f"{ckpt.stem}-export"))
             model = _ensure_export(str(ckpt), export_dir, args.precision, args.capacity)
-    from mlvos.runtime.profiler import ProfileConfig, run_profile, summary_table, write_report
+    from mlvos.profiling import ProfileConfig, run_profile, summary_table, write_report
 
     config = ProfileConfig(
         model=str(model),
@@ -260,7 +260,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def main_compare(args: argparse.Namespace) -> int:
-    from mlvos.runtime.profiler import compare_reports, load_report
+    from mlvos.profiling import compare_reports, load_report
 
     a, b = (load_report(p) for p in args.reports)
     print(compare_reports(a, b))
@@ -269,7 +269,7 @@ def main_compare(args: argparse.Namespace) -> int:
 
 def main_gpu_check(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from mlvos.runtime.gpu_check import run_gpu_check
+    from mlvos.profiling.gpu_check import run_gpu_check
 
     report = run_gpu_check(
         out=args.gpu_out,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlvos.data.palette import (
+from mlvos.errors import DatasetError, InputError
+from mlvos.palette import (
     binary_to_ids,
     colorize,
     davis_palette,
@@ -15,7 +16,6 @@ from mlvos.data.palette import (
     write_frame,
     write_mask,
 )
-from mlvos.errors import DatasetError, InputError
 
 
 def test_davis_palette_matches_voc_colormap():

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from mlvos.profiling.probes import WORK_STAGES
 from mlvos.runtime.predictor import STAGES
-from mlvos.runtime.profiling.probes import WORK_STAGES
 
 __all__ = [
     "STAGE_COLORS",

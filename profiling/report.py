@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from mlvos.errors import InputError
+from mlvos.profiling.plots import plot_report, subtitle
 from mlvos.runtime.predictor import STAGES
-from mlvos.runtime.profiling.plots import plot_report, subtitle
 
 __all__ = [
     "DEVICE_STATS",

@@ -64,7 +64,7 @@ def check_mask_mode(mode: str, path: str | os.PathLike) -> None:
     raise DatasetError(
         f"mask {path} has image mode '{mode}', expected a palette ('P') PNG or single-channel "
         "grayscale ('L') PNG of object ids; colour masks are ambiguous: convert to palette "
-        "(e.g. map each colour to its DAVIS palette index and save with mlvos.data.palette."
+        "(e.g. map each colour to its DAVIS palette index and save with mlvos.palette."
         "write_mask)"
     )
 

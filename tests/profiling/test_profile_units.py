@@ -9,10 +9,7 @@ import numpy as np
 import pytest
 
 from mlvos.errors import InputError
-from mlvos.runtime.gpu_check import final_table, label_agreement
-from mlvos.runtime.predictor import STAGES
-from mlvos.runtime.profile_cli import _int_list
-from mlvos.runtime.profiler import (
+from mlvos.profiling import (
     REPORT_FORMAT,
     StageTimer,
     TimedRunner,
@@ -26,7 +23,10 @@ from mlvos.runtime.profiler import (
     summarize,
     timer_for,
 )
-from mlvos.runtime.profiling.measure import _disc_video
+from mlvos.profiling.cli import _int_list
+from mlvos.profiling.gpu_report import final_table, label_agreement
+from mlvos.profiling.measure import _disc_video
+from mlvos.runtime.predictor import STAGES
 
 
 def test_summarize_percentiles_and_fps():

@@ -18,16 +18,16 @@ from mlvos.errors import InputError, MlvosError  # noqa: E402
 from mlvos.model.checkpoint import save_checkpoint  # noqa: E402
 from mlvos.model.flops import stage_costs  # noqa: E402
 from mlvos.model.registry import build_model  # noqa: E402
-from mlvos.runtime import profile_cli  # noqa: E402
-from mlvos.runtime.loader import open_runner  # noqa: E402
-from mlvos.runtime.onnx_macs import MacCountError, graph_macs, stage_macs  # noqa: E402
-from mlvos.runtime.predictor import STAGES  # noqa: E402
-from mlvos.runtime.profiler import (  # noqa: E402
+from mlvos.profiling import (  # noqa: E402
     STAGE_SUM_TOLERANCE,
     WallTimer,
     run_video,
     synthetic_video,
 )
+from mlvos.profiling import cli as profile_cli  # noqa: E402
+from mlvos.profiling.onnx_macs import MacCountError, graph_macs, stage_macs  # noqa: E402
+from mlvos.runtime.loader import open_runner  # noqa: E402
+from mlvos.runtime.predictor import STAGES  # noqa: E402
 
 CAPACITY = 4
 PLOTS = (

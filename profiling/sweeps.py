@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from mlvos.errors import InputError
-from mlvos.runtime.predictor import STAGES
-from mlvos.runtime.profiling.measure import (
+from mlvos.profiling.measure import (
     STAGE_SUM_TOLERANCE,
     MacCounter,
     SyntheticVideo,
@@ -28,14 +27,15 @@ from mlvos.runtime.profiling.measure import (
     tflops,
     time_read_decode,
 )
-from mlvos.runtime.profiling.probes import (
+from mlvos.profiling.probes import (
     StageTimer,
     device_memory_probe,
     host_memory,
     reset_peak_rss,
     timer_for,
 )
-from mlvos.runtime.profiling.report import REPORT_FORMAT, REPORT_VERSION
+from mlvos.profiling.report import REPORT_FORMAT, REPORT_VERSION
+from mlvos.runtime.predictor import STAGES
 from mlvos.runtime.spec import DEFAULT_MEM_EVERY, padded_size
 
 __all__ = [

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from mlvos.errors import InputError, MlvosError
+from mlvos.profiling.probes import WORK_STAGES, StageTimer, TimedRunner, host_memory
 from mlvos.runtime.predictor import STAGES, VideoPredictor
-from mlvos.runtime.profiling.probes import WORK_STAGES, StageTimer, TimedRunner, host_memory
 from mlvos.runtime.spec import DEFAULT_MEM_EVERY, pad_array, padding_for
 
 __all__ = [
@@ -263,7 +263,7 @@ class MacCounter:
         manifest = getattr(self.runner, "manifest", None)
         if manifest is None:  # torch backend: torch is there
             return model_stage_gmacs(self.runner.model.variant, h, w, objects, self.runner.capacity)
-        from mlvos.runtime.onnx_macs import stage_macs
+        from mlvos.profiling.onnx_macs import stage_macs
 
         m = stage_macs(manifest, height=h, width=w, objects=objects)
         return _per_stage({name: v.gmacs for name, v in m.items()})
