@@ -13,7 +13,7 @@ Steps:
   4. optionally (--eval-data) propagate a validation set with FP32 and INT8 and score both
      (accuracy.py);
   5. commit: the int8 files are renamed into the export directory and manifest.json is rewritten
-     atomically with only graphs[*]["int8"] and "precisions" changed (export.manifest.dumps:
+     atomically with only graphs[*]["int8"] and "precisions" changed (stable JSON:
      sorted keys, so every other entry stays byte-identical); then calibration.json.
 Nothing in the export directory changes before step 5 (the int8 files are staged under hidden
 temporary names there and removed on failure).
@@ -49,6 +49,7 @@ from mlvos.calib.options import (
     PRECISION,
     SELECTIONS,
 )
+from mlvos.runtime.manifest import Manifest, graph_entry, graph_file
 from mlvos.runtime.spec import DEFAULT_MEM_EVERY, Graph
 
 Log = Callable[[str], None]
@@ -92,8 +93,6 @@ def _check_options(
 
 def _load_export(export_dir: Path, force: bool) -> dict[str, Any]:
     """The manifest dict, after checking the FP32 graphs (present, files matching sha256)."""
-    from mlvos.runtime.manifest import Manifest
-
     manifest = Manifest.load(export_dir)  # ManifestError: not an export directory
     graphs = manifest.data["graphs"]
     missing = [g for g in Graph.ALL if "fp32" not in graphs.get(g, {})]
@@ -115,8 +114,6 @@ def _load_export(export_dir: Path, force: bool) -> dict[str, Any]:
 
 
 def _stage_name(graph: str) -> str:
-    from mlvos.export.options import graph_file
-
     return f".calib-{os.getpid()}.{graph_file(graph, PRECISION)}"
 
 
@@ -229,10 +226,10 @@ def _plan_graph(
 def _finish_graph(model, graph: str, checkpoint_sha256: str) -> dict:
     """Stamp and check a quantized graph (ONNX checker, TensorRT ops, zero points)."""
     from mlvos.calib.quantize import qdq_summary
-    from mlvos.export.api import _stamp
     from mlvos.export.onnx_export import check_graph
+    from mlvos.export.onnx_utils import stamp_graph
 
-    _stamp(model, graph=graph, precision=PRECISION, checkpoint_sha256=checkpoint_sha256)
+    stamp_graph(model, graph=graph, precision=PRECISION, checkpoint_sha256=checkpoint_sha256)
     check_graph(model, graph, attention_required=False)  # ExportError / UnsupportedOpError
     summary = qdq_summary(model)
     if summary["nonzero_zero_points"]:
@@ -353,14 +350,12 @@ def calibrate(
         log=step,
     )
 
-    from mlvos.export.manifest import dumps
-    from mlvos.export.onnx_utils import io_specs, save_model, sha256_file
-    from mlvos.export.options import MANIFEST_FILE, graph_file
+    from mlvos.export.onnx_utils import io_specs, save_model
     from mlvos.export.trt_ops import TENSORRT_VERSION
-    from mlvos.fileio import atomic_write_text
+    from mlvos.fileio import atomic_write_text, stable_json
 
     staged: list[Path] = []
-    new = copy.deepcopy(manifest)
+    entries: dict[str, dict[str, Any]] = {}
     graphs_report: dict[str, Any] = {}
     ckpt_sha = manifest.get("checkpoint", {}).get("sha256", "")
     try:
@@ -382,31 +377,25 @@ def calibrate(
             path = export_dir / _stage_name(graph)
             staged.append(path)
             save_model(qmodel, path)
-            ins, outs = io_specs(qmodel)
-            new["graphs"][graph][PRECISION] = {
-                "file": graph_file(graph, PRECISION),
-                "sha256": sha256_file(path),
-                "inputs": [s.to_dict() for s in ins],
-                "outputs": [s.to_dict() for s in outs],
-                "fp32_nodes": section["fp32_nodes"],
-            }
-            section["file"] = graph_file(graph, PRECISION)
-            section["sha256"] = new["graphs"][graph][PRECISION]["sha256"]
+            entry = graph_entry(
+                graph, PRECISION, *io_specs(qmodel), written=path, fp32_nodes=section["fp32_nodes"]
+            )
+            section["file"], section["sha256"] = entry["file"], entry["sha256"]
+            entries[graph] = entry
             graphs_report[graph] = section
-        if PRECISION not in new.get("precisions", []):
-            new["precisions"] = [*new.get("precisions", []), PRECISION]
+        new = Manifest(export_dir, manifest).with_precision(PRECISION, entries)
 
         accuracy: dict[str, Any] = {"skipped": "no --eval-data given"}
         if eval_data is not None:
             accuracy = _accuracy(
-                export_dir, manifest, new, eval_ds, eval_names, out, mem_every, threads, step
+                export_dir, manifest, new.data, eval_ds, eval_names, out, mem_every, threads, step
             )
         # Commit: the files (no manifest names them yet, unless --force replaces int8 graphs),
         # then the manifest in one atomic rename.
         for graph, path in zip(Graph.ALL, staged, strict=True):
             os.replace(path, export_dir / graph_file(graph, PRECISION))
         staged = []
-        atomic_write_text(export_dir / MANIFEST_FILE, dumps(new))
+        new.write()
     finally:
         for path in staged:
             path.unlink(missing_ok=True)
@@ -429,7 +418,7 @@ def calibrate(
         accuracy=accuracy,
         seconds=time.perf_counter() - start,
     )
-    text = dumps(report)
+    text = stable_json(report)
     for folder in (out, export_dir):
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / CALIBRATION_FILE, text)
@@ -443,8 +432,6 @@ def _accuracy(export_dir, manifest, new, ds, names, out, mem_every, threads, ste
     files (the manifest on disk is not changed yet)."""
     from mlvos.calib.accuracy import accuracy_report
     from mlvos.runtime.backends.onnxrt import OrtRunner
-    from mlvos.runtime.manifest import Manifest
-
     staged = copy.deepcopy(new)
     for graph in Graph.ALL:
         staged["graphs"][graph][PRECISION]["file"] = _stage_name(graph)

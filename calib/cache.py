@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mlvos.calib.record import CalibrationData
-from mlvos.fileio import atomic_dir
+from mlvos.fileio import atomic_dir, sha256_file, stable_json
 from mlvos.runtime.spec import Graph
 
 CACHE_FORMAT = "mlvos-calib-cache"
@@ -65,12 +65,6 @@ def cache_key(
     }
 
 
-def _sha256(path: Path) -> str:
-    from mlvos.export.onnx_utils import sha256_file
-
-    return sha256_file(path)
-
-
 def load(folder: str | os.PathLike, key: dict[str, Any]) -> tuple[CalibrationData | None, str]:
     """The cached data for `key`, or (None, why it cannot be used)."""
     folder = Path(folder)
@@ -92,7 +86,7 @@ def load(folder: str | os.PathLike, key: dict[str, Any]) -> tuple[CalibrationDat
         path = folder / entry.get("file", f"{graph}.npz")
         if not path.is_file():
             return None, f"{path.name} is missing"
-        if _sha256(path) != entry.get("sha256"):
+        if sha256_file(path) != entry.get("sha256"):
             return None, f"{path.name} does not match its sha256 (modified or truncated)"
         samples: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
         try:
@@ -109,8 +103,6 @@ def load(folder: str | os.PathLike, key: dict[str, Any]) -> tuple[CalibrationDat
 
 def save(folder: str | os.PathLike, key: dict[str, Any], data: CalibrationData) -> None:
     """Write `data` under `key`, replacing whatever the folder held (atomically)."""
-    from mlvos.export.manifest import dumps
-
     folder = Path(folder)
     with atomic_dir(folder, force=True) as tmp:
         files = {}
@@ -122,9 +114,9 @@ def save(folder: str | os.PathLike, key: dict[str, Any], data: CalibrationData) 
             }
             path = tmp / f"{graph}.npz"
             np.savez(path, **arrays)
-            files[graph] = {"file": path.name, "sha256": _sha256(path)}
+            files[graph] = {"file": path.name, "sha256": sha256_file(path)}
         meta = {"key": key, "files": files, "samples": len(data)}
-        (tmp / META_FILE).write_text(dumps(meta), encoding="utf-8")
+        (tmp / META_FILE).write_text(stable_json(meta), encoding="utf-8")
 
 
 def load_or_record(

@@ -13,20 +13,16 @@ from typing import Any
 from mlvos.errors import InputError
 from mlvos.export.errors import OutputExistsError, ValidationFailedError
 from mlvos.export.options import (
-    CHECKPOINT_FILE,
     DEFAULT_OPSET,
     DEFAULT_PRECISIONS,
     FEATURE_STRIDE,
-    MANIFEST_FILE,
-    MANIFEST_FORMAT,
-    MANIFEST_VERSION,
     MAX_OPSET,
     MIN_CAPACITY,
     MIN_OPSET,
     PRECISIONS,
     VALIDATION_FILE,
-    graph_file,
 )
+from mlvos.runtime.manifest import CHECKPOINT_FILE, MANIFEST_FILE, Manifest, graph_entry, graph_file
 from mlvos.runtime.spec import DEFAULT_CAPACITY, MIN_SIDE, PIXEL_MEAN, PIXEL_STD, Graph
 
 Log = Callable[[str], None]
@@ -98,24 +94,6 @@ def _attention_note(config) -> str | None:
     )
 
 
-def _stamp(model, *, graph: str, precision: str, checkpoint_sha256: str) -> None:
-    """Identify a graph file on its own (ONNX metadata_props)."""
-    from mlvos import __version__
-
-    props = {
-        "mlvos.version": __version__,
-        "mlvos.graph": graph,
-        "mlvos.precision": precision,
-        "mlvos.checkpoint_sha256": checkpoint_sha256,
-    }
-    kept = [p for p in model.metadata_props if not p.key.startswith("mlvos.")]
-    del model.metadata_props[:]
-    for p in kept:
-        model.metadata_props.add(key=p.key, value=p.value)
-    for k, v in props.items():
-        model.metadata_props.add(key=k, value=v)
-
-
 def export_checkpoint(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
@@ -180,7 +158,7 @@ def export_checkpoint(
 
     from mlvos.export.representative import random_samples, record_propagation
     from mlvos.export.validate import summary, validate_export
-    from mlvos.fileio import atomic_dir
+    from mlvos.fileio import atomic_dir, sha256_file
     from mlvos.model.checkpoint import load_model, with_read_options
 
     model, state = load_model(checkpoint)
@@ -227,13 +205,9 @@ def export_checkpoint(
     )
     step(f"recorded a {representative_frames}-frame propagation at {rep_size[0]}x{rep_size[1]}")
 
-    from mlvos.export.manifest import default_permissions, dumps
-    from mlvos.export.onnx_utils import sha256_file
-
     ckpt_sha = sha256_file(checkpoint)
     precomputed: dict[tuple[str, str, str], list] = {}
     with atomic_dir(out, force=force) as tmp:
-        default_permissions(tmp)
         shutil.copyfile(checkpoint, tmp / CHECKPOINT_FILE)
         graphs = {
             graph: _export_one(
@@ -263,7 +237,7 @@ def export_checkpoint(
             representative=representative,
             graphs=graphs,
         )
-        (tmp / MANIFEST_FILE).write_text(dumps(manifest), encoding="utf-8")
+        Manifest.new(tmp, manifest).write()
         step(f"wrote {MANIFEST_FILE}")
         if validate:
             rnd = representative["random"]
@@ -318,7 +292,7 @@ def _export_one(
     from mlvos.export.fp16 import convert_fp16
     from mlvos.export.io_spec import graph_io
     from mlvos.export.onnx_export import export_graph
-    from mlvos.export.onnx_utils import find_attention, io_specs, save_model, sha256_file
+    from mlvos.export.onnx_utils import find_attention, io_specs, save_model, stamp_graph
     from mlvos.export.wrappers import build_wrapper
 
     cfg = model.config
@@ -342,7 +316,7 @@ def _export_one(
         stride=model.stride,
         opset=opset,
     )
-    _stamp(fp32_model, graph=graph, precision="fp32", checkpoint_sha256=checkpoint_sha256)
+    stamp_graph(fp32_model, graph=graph, precision="fp32", checkpoint_sha256=checkpoint_sha256)
     fp32_path = folder / graph_file(graph, "fp32")
     save_model(fp32_model, fp32_path)  # fp16 is converted from this file
     step(f"exported {graph} fp32 ({len(fp32_model.graph.node)} nodes)")
@@ -363,7 +337,9 @@ def _export_one(
         if "fp32" in precisions:
             # The conversion ran the fp32 file on the real feeds already (onnxruntime CPU).
             precomputed[(graph, "fp32", "real")] = result.fp32_outputs
-        _stamp(result.model, graph=graph, precision="fp16", checkpoint_sha256=checkpoint_sha256)
+        stamp_graph(
+            result.model, graph=graph, precision="fp16", checkpoint_sha256=checkpoint_sha256
+        )
         save_model(result.model, folder / graph_file(graph, "fp16"))
         models["fp16"] = result.model
         extras["fp16"] = {"fp32_nodes": result.fp32_nodes, "fp16_kept": result.fp16_kept}
@@ -380,17 +356,13 @@ def _export_one(
     if "fp32" not in precisions:
         fp32_path.unlink()
         del models["fp32"]
-    entries = {}
-    for precision, m in models.items():
-        ins, outs = io_specs(m)
-        entries[precision] = {
-            "file": graph_file(graph, precision),
-            "sha256": sha256_file(folder / graph_file(graph, precision)),
-            "inputs": [s.to_dict() for s in ins],
-            "outputs": [s.to_dict() for s in outs],
+    return {
+        precision: graph_entry(
+            graph, precision, *io_specs(m), written=folder / graph_file(graph, precision),
             **extras[precision],
-        }
-    return entries
+        )
+        for precision, m in models.items()
+    }
 
 
 def _manifest(
@@ -411,8 +383,6 @@ def _manifest(
 
     cfg = model.config
     return {
-        "format": MANIFEST_FORMAT,
-        "format_version": MANIFEST_VERSION,
         "mlvos_version": __version__,
         "checkpoint": {
             "file": CHECKPOINT_FILE,
@@ -455,7 +425,7 @@ def check_export(export_dir: str | os.PathLike, *, log: Log | None = print) -> d
     the recorded kinds of inputs) and rewrite its validation.json.
 
     Raises:
-        ExportError: not an export directory. ValidationFailedError: any check failed.
+        ManifestError: not an export directory. ValidationFailedError: any check failed.
     """
     from mlvos.export.validate import summary, validate_export
 

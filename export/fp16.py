@@ -44,7 +44,6 @@ import onnx
 
 from mlvos.errors import require
 from mlvos.export.errors import ExportError
-from mlvos.export.io_spec import TensorSpec
 from mlvos.export.onnx_export import check_graph
 from mlvos.export.onnx_utils import (
     find_attention,
@@ -54,7 +53,7 @@ from mlvos.export.onnx_utils import (
     skeleton,
 )
 from mlvos.export.wrappers import ReadDecoderGraph
-from mlvos.runtime.spec import AGG_EPS, INVALID_SLOT_BIAS, Graph
+from mlvos.runtime.spec import AGG_EPS, INVALID_SLOT_BIAS, Graph, TensorSpec
 from mlvos.runtime.spec import Tensor as T
 
 FP16_DATA_MAX = 512.0

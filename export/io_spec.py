@@ -7,23 +7,8 @@ and "H/4", "W/8", ... for feature maps; fixed dims are ints. With a static expor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from mlvos.runtime.spec import Graph
+from mlvos.runtime.spec import Dim, Graph, TensorSpec
 from mlvos.runtime.spec import Tensor as T
-
-Dim = int | str
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str  # numpy dtype name: "uint8", "float32", "float16"
-    shape: tuple[Dim, ...]
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
 
 # Graph I/O that an fp16 export carries as float16. Everything else keeps its fp32-export dtype:
 # frame uint8; probs, bank_valid, logits, obj_probs float32 (probabilities and the validity mask
@@ -93,18 +78,3 @@ def graph_io(
             spec(T.LABELS, "uint8", h, w),
         ]
     raise KeyError(f"unknown graph {graph!r}; known: {Graph.ALL}")
-
-
-def concrete_shape(shape: tuple[Dim, ...], *, objects: int, height: int, width: int) -> tuple:
-    """Resolve the symbolic dims of `shape` for a given object count and padded frame size."""
-    env = {"O": objects, "H": height, "W": width}
-    out = []
-    for d in shape:
-        if isinstance(d, int):
-            out.append(d)
-        elif "/" in d:
-            base, div = d.split("/")
-            out.append(env[base] // int(div))
-        else:
-            out.append(env[d])
-    return tuple(out)

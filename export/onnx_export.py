@@ -22,11 +22,11 @@ import onnx
 import torch
 
 from mlvos.export.errors import ExportError
-from mlvos.export.io_spec import TensorSpec
 from mlvos.export.onnx_utils import find_attention, set_io
 from mlvos.export.trt_ops import check_tensorrt_ops
 from mlvos.export.wrappers import ReadDecoderGraph
 from mlvos.runtime.spec import Tensor as T
+from mlvos.runtime.spec import TensorSpec, resolve_shape
 
 
 def _dynamic_axes(specs: list[TensorSpec]) -> dict[str, dict[int, str]]:
@@ -94,11 +94,10 @@ def check_graph(model: onnx.ModelProto, graph: str, *, attention_required: bool)
 
 def trace_sample(inputs: list[TensorSpec], *, objects: int, height: int, width: int):
     """Small example inputs for tracing (values do not matter: the trace has dynamic axes)."""
-    from mlvos.export.io_spec import concrete_shape
 
     sample = []
     for s in inputs:
-        shape = concrete_shape(s.shape, objects=objects, height=height, width=width)
+        shape = resolve_shape(s.shape, {"O": objects, "H": height, "W": width})
         dtype = torch.uint8 if s.dtype == "uint8" else torch.float32
         # bank_valid = 1: every slot filled (the read needs one valid slot per object).
         sample.append(

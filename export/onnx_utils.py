@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -11,7 +10,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from mlvos.export.errors import ExportError
-from mlvos.export.io_spec import TensorSpec
+from mlvos.runtime.spec import TensorSpec
 
 NP_TO_ONNX = {
     "float32": TensorProto.FLOAT,
@@ -23,12 +22,22 @@ ONNX_TO_NP = {v: k for k, v in NP_TO_ONNX.items()}
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def stamp_graph(model: onnx.ModelProto, *, graph: str, precision: str, checkpoint_sha256: str):
+    """Identify a graph file on its own: mlvos.* entries of the ONNX metadata_props (replaced)."""
+    from mlvos import __version__
+
+    props = {
+        "mlvos.version": __version__,
+        "mlvos.graph": graph,
+        "mlvos.precision": precision,
+        "mlvos.checkpoint_sha256": checkpoint_sha256,
+    }
+    kept = [p for p in model.metadata_props if not p.key.startswith("mlvos.")]
+    del model.metadata_props[:]
+    for p in kept:
+        model.metadata_props.add(key=p.key, value=p.value)
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
 
 
 def io_specs(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:

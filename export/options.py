@@ -15,15 +15,6 @@ MAX_OPSET: int = 20
 # The annotated frame plus the previous frame.
 MIN_CAPACITY: int = 2
 
-MANIFEST_FORMAT = "mlvos-export"
-MANIFEST_VERSION = 1
-MANIFEST_FILE = "manifest.json"
 VALIDATION_FORMAT = "mlvos-export-validation"
 VALIDATION_VERSION = 1
 VALIDATION_FILE = "validation.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-
-
-def graph_file(graph: str, precision: str) -> str:
-    """File name of one exported graph inside the export directory."""
-    return f"{graph}.{precision}.onnx"

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from mlvos.export.errors import ValidationFailedError
-from mlvos.export.manifest import default_permissions, dumps, read_manifest, verify_files
 from mlvos.export.options import VALIDATION_FILE, VALIDATION_FORMAT, VALIDATION_VERSION
 from mlvos.export.representative import Samples, random_samples, record_propagation
-from mlvos.fileio import atomic_write_text
+from mlvos.fileio import atomic_write_text, stable_json
+from mlvos.runtime.manifest import Manifest, read_options
 from mlvos.runtime.spec import Tensor as T
 
 # |onnx - torch| <= atol + rtol * max|torch| per float output. Labels (argmax slot) are judged
@@ -237,14 +237,14 @@ def validate_export(
         The report written to validation.json.
 
     Raises:
-        ExportError: not an export directory. ValidationFailedError: a file or output failed.
+        ManifestError: not an export directory. ValidationFailedError: a file or output failed.
     """
     export_dir = Path(export_dir)
-    manifest = read_manifest(export_dir)
-    file_problems = verify_files(export_dir, manifest)
+    loaded = Manifest.load(export_dir)  # ManifestError: not an export directory
+    manifest = loaded.data
+    file_problems = loaded.verify()
     if model is None:
         from mlvos.model.checkpoint import load_model, with_read_options
-        from mlvos.runtime.manifest import read_options
 
         model, _ = load_model(export_dir / manifest["checkpoint"]["file"])
         options = read_options(manifest)  # the export may override the checkpoint's priors
@@ -277,8 +277,7 @@ def validate_export(
         "graphs": graphs,
         "end_to_end": end_to_end,
     }
-    atomic_write_text(export_dir / VALIDATION_FILE, dumps(report))
-    default_permissions(export_dir / VALIDATION_FILE)
+    atomic_write_text(export_dir / VALIDATION_FILE, stable_json(report))
     if failures and raise_on_failure:
         raise ValidationFailedError(
             f"validation of {export_dir} failed ({len(failures)} problem(s)); details in "

@@ -51,10 +51,10 @@ def main(args: argparse.Namespace) -> int:
     from mlvos.data.natural import make_natural_dataset
     from mlvos.data.photos import PhotoLibrary, resolve_photos_dir
     from mlvos.data.synth import make_synthetic_dataset
-    from mlvos.fileio import atomic_dir
+    from mlvos.fileio import atomic_dir, sha256_file
     from mlvos.palette import write_mask
     from mlvos.runtime.loader import open_runner
-    from mlvos.runtime.manifest import Manifest, sha256_file
+    from mlvos.runtime.manifest import Manifest
     from mlvos.runtime.predictor import VideoPredictor
 
     cache = Path(args.cache)

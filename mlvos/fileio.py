@@ -1,13 +1,31 @@
-"""Atomic file writing: an artifact is either complete or absent, never half-written."""
+"""File helpers: atomic writing (an artifact is either complete or absent, never half-written),
+stable JSON text and sha256 sums."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stable_json(data) -> str:
+    """JSON text with sorted keys, fixed indentation and a trailing newline: byte-identical for
+    identical content, so files written twice compare equal."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def _umask() -> int:

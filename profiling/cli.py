@@ -175,7 +175,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _ensure_export(checkpoint: str, export_dir: str, precision: str, capacity: int | None) -> str:
     """Export `checkpoint` into `export_dir` unless a matching export is already there."""
-    from mlvos.runtime.manifest import Manifest, ManifestError, sha256_file
+    from mlvos.fileio import sha256_file
+    from mlvos.runtime.manifest import Manifest, ManifestError
     from mlvos.runtime.spec import DEFAULT_CAPACITY
 
     capacity = capacity or DEFAULT_CAPACITY

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from mlvos.errors import InputError
-from mlvos.runtime.manifest import MANIFEST, Manifest
+from mlvos.runtime.manifest import MANIFEST_FILE, Manifest
 from mlvos.runtime.spec import DEFAULT_CAPACITY
 
 BACKENDS = ("ort", "trt", "torch")
@@ -74,7 +74,7 @@ def open_runner(
         )
     from mlvos.runtime.backends.torch_backend import TorchRunner
 
-    if (path / MANIFEST).is_file():
+    if (path / MANIFEST_FILE).is_file():
         manifest = Manifest.load(path)
         ckpt = manifest.checkpoint_path
         if ckpt is None or not ckpt.is_file():
@@ -90,4 +90,6 @@ def open_runner(
         return TorchRunner(
             path, device=device, precision=precision, capacity=capacity or DEFAULT_CAPACITY
         )
-    raise InputError(f"{path} is neither an export directory ({MANIFEST}) nor a checkpoint file")
+    raise InputError(
+        f"{path} is neither an export directory ({MANIFEST_FILE}) nor a checkpoint file"
+    )

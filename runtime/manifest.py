@@ -1,8 +1,22 @@
-"""Reading and checking an export directory's manifest.json (numpy/json only)."""
+"""manifest.json, the one owner of its schema: read (with a format and version check), verify,
+write, and add a precision's graphs. Export and calib write it only through this module.
+
+Layout (format "mlvos-export", format_version 1):
+    mlvos_version, checkpoint {file, source, source_name, sha256, variant, stage, iteration},
+    config (ModelConfig dict), opset, stride, feature_stride, capacity,
+    normalization {mean, std (0..255 scale), inside_graph}, padding {mode, value, multiple},
+    key_dim, value_dim, static_size ([H, W] or null), precisions,
+    representative {source, size, frames, objects, mem_every, seed} (data of FP16 + validation),
+    tensorrt {version, opset_range, op_list_source},
+    graphs {graph: {precision: {file, sha256, inputs, outputs, [fp32_nodes, fp16_kept,
+            attention_fusable, attention_note (why not, for a read with priors)]}}}
+Tensor entries are TensorSpec dicts {"name", "dtype", "shape"}, symbolic dims as strings ("O", "H",
+"W/16"). numpy/json only.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -10,22 +24,42 @@ from pathlib import Path
 from typing import Any
 
 from mlvos.errors import MlvosError
-from mlvos.runtime.spec import Graph
+from mlvos.fileio import atomic_write_text, sha256_file, stable_json
+from mlvos.runtime.spec import Graph, TensorSpec
 
-MANIFEST = "manifest.json"
-FORMAT = "mlvos-export"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "mlvos-export"
+MANIFEST_VERSION = 1
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class ManifestError(MlvosError):
     """An export directory is missing, incomplete, tampered with or of an unknown format."""
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def graph_file(graph: str, precision: str) -> str:
+    """File name of one exported graph inside the export directory."""
+    return f"{graph}.{precision}.onnx"
+
+
+def graph_entry(
+    graph: str,
+    precision: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    *,
+    written: str | os.PathLike,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The manifest entry of <graph>.<precision>.onnx, hashed from `written` (the file as written,
+    possibly still under a staging name), with any extra keys (fp32_nodes, ...)."""
+    return {
+        "file": graph_file(graph, precision),
+        "sha256": sha256_file(written),
+        "inputs": [t.to_dict() for t in inputs],
+        "outputs": [t.to_dict() for t in outputs],
+        **extra,
+    }
 
 
 def read_options(data: dict[str, Any]) -> dict[str, Any]:
@@ -35,30 +69,21 @@ def read_options(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    dtype: str  # numpy dtype name: "uint8", "float32", "float16"
-    shape: tuple[
-        int | str, ...
-    ]  # ints for static dims, strings ("O", "H/16", ...) for dynamic ones
-
-
-@dataclass(frozen=True)
 class GraphInfo:
     name: str
     precision: str
     path: Path
     sha256: str
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
 
-    def input(self, name: str) -> TensorInfo:
+    def input(self, name: str) -> TensorSpec:
         for t in self.inputs:
             if t.name == name:
                 return t
         raise ManifestError(f"graph {self.name} ({self.precision}) has no input {name!r}")
 
-    def output(self, name: str) -> TensorInfo:
+    def output(self, name: str) -> TensorSpec:
         for t in self.outputs:
             if t.name == name:
                 return t
@@ -74,24 +99,81 @@ class Manifest:
         self.data = data
 
     @classmethod
+    def new(cls, root: str | os.PathLike, fields: dict[str, Any]) -> Manifest:
+        """A manifest for a new export in ROOT: `fields` plus the format stamp (not written)."""
+        return cls(Path(root), {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION,
+                                **fields})
+
+    @classmethod
     def load(cls, root: str | os.PathLike) -> Manifest:
+        """Read ROOT/manifest.json; ManifestError if it is missing, not JSON, of another format,
+        of a newer format version or lacks the keys every runtime reads."""
         root = Path(root)
-        path = root / MANIFEST
+        path = root / MANIFEST_FILE
         if not path.is_file():
             raise ManifestError(
-                f"{root} is not an export directory: {MANIFEST} is missing. Create one with "
+                f"{root} is not an export directory: {MANIFEST_FILE} is missing. Create one with "
                 "`mlvos export --checkpoint CKPT --out DIR`"
             )
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ManifestError(f"{path} is not valid JSON ({e}); re-export the model") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ManifestError(f"{path} is not an mlvos export manifest (format != {FORMAT!r})")
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        if found != MANIFEST_FORMAT:
+            raise ManifestError(
+                f"{path} is not an mlvos export manifest (format {found!r}, expected "
+                f"{MANIFEST_FORMAT!r})"
+            )
+        try:
+            version = int(data.get("format_version", 0))
+        except (TypeError, ValueError):
+            version = None
+        if version is None or version > MANIFEST_VERSION:
+            raise ManifestError(
+                f"{path} has format_version {data.get('format_version')!r}; this mlvos reads "
+                f"versions up to {MANIFEST_VERSION}: upgrade mlvos or re-export the model"
+            )
         for key in ("graphs", "stride", "capacity"):
             if key not in data:
                 raise ManifestError(f"{path} lacks {key!r}; re-export the model")
         return cls(root, data)
+
+    def write(self) -> Path:
+        """Write ROOT/manifest.json atomically (stable JSON: identical content, identical bytes)."""
+        path = self.root / MANIFEST_FILE
+        atomic_write_text(path, stable_json(self.data))
+        return path
+
+    def with_precision(self, precision: str, entries: dict[str, dict[str, Any]]) -> Manifest:
+        """A copy with graphs[g][precision] = entries[g] for every graph g, and `precision` listed
+        in "precisions"; every other key is unchanged."""
+        missing = [g for g in Graph.ALL if g not in entries]
+        if missing:
+            raise ManifestError(f"adding {precision}: no entry for graph(s) {missing}")
+        data = copy.deepcopy(self.data)
+        for graph, entry in entries.items():
+            data["graphs"].setdefault(graph, {})[precision] = entry
+        if precision not in data.get("precisions", []):
+            data["precisions"] = [*data.get("precisions", []), precision]
+        return Manifest(self.root, data)
+
+    def verify(self) -> list[str]:
+        """Every mismatch between the files in ROOT and the manifest's sha256 sums (empty: ok)."""
+        entries = []
+        if self.data.get("checkpoint", {}).get("file"):
+            entries.append((self.data["checkpoint"]["file"], self.data["checkpoint"]["sha256"]))
+        for per_precision in self.data["graphs"].values():
+            for entry in per_precision.values():
+                entries.append((entry["file"], entry["sha256"]))
+        problems = []
+        for name, digest in entries:
+            path = self.root / name
+            if not path.is_file():
+                problems.append(f"{name}: missing")
+            elif sha256_file(path) != digest:
+                problems.append(f"{name}: sha256 differs from the manifest (modified or corrupt)")
+        return problems
 
     @property
     def stride(self) -> int:
@@ -147,10 +229,8 @@ class Manifest:
                     f"{entry['sha256'][:12]}...): the file was modified or replaced; re-export"
                 )
 
-        def tensors(key: str) -> tuple[TensorInfo, ...]:
-            return tuple(
-                TensorInfo(t["name"], t["dtype"], tuple(t["shape"])) for t in entry.get(key, [])
-            )
+        def tensors(key: str) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec.from_dict(t) for t in entry.get(key, []))
 
         return GraphInfo(
             name, precision, path, entry["sha256"], tensors("inputs"), tensors("outputs")

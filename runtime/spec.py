@@ -14,9 +14,12 @@ Conventions
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from mlvos.errors import InputError
 
 # ImageNet statistics in the 0..255 pixel scale, applied inside the query/memory encoders.
 PIXEL_MEAN: tuple[float, float, float] = (0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0)
@@ -69,6 +72,42 @@ class Tensor:
     LOGITS = "logits"  # (O, H, W) per-object foreground logits (before aggregation)
     OBJ_PROBS = "obj_probs"  # (O, H, W) float32 soft-aggregated object probabilities
     LABELS = "labels"  # (H, W) uint8 argmax slot: 0 = background, k = k-th object
+
+
+# A tensor dim: an int where fixed, else a symbol: "O" (objects), "H", "W" (padded frame size) or
+# a fraction of one, "H/16", "W/4", ... (feature maps).
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output as the manifest records it."""
+
+    name: str
+    dtype: str  # numpy dtype name: "uint8", "float32", "float16"
+    shape: tuple[Dim, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> TensorSpec:
+        return cls(str(d["name"]), str(d["dtype"]), tuple(d["shape"]))
+
+
+def resolve_shape(shape: tuple[Dim, ...], env: Mapping[str, int]) -> tuple[int, ...]:
+    """Concrete dims of a symbolic shape: ints stay, "O" / "H" / "W" and "H/16"-style fractions
+    are looked up in `env` (e.g. {"O": 2, "H": 480, "W": 864})."""
+    out = []
+    for d in shape:
+        if isinstance(d, int):
+            out.append(d)
+            continue
+        base, _, div = str(d).partition("/")
+        if base not in env or (div and not div.isdigit()):
+            raise InputError(f"cannot resolve dim {d!r} of shape {shape} (known: {sorted(env)})")
+        out.append(env[base] // int(div) if div else env[base])
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,10 @@ from onnx import numpy_helper
 
 from mlvos.calib import calibrate
 from mlvos.calib.options import CACHE_DIR, CALIBRATION_FILE
-from mlvos.export.manifest import dumps
-from mlvos.export.onnx_utils import producers_consumers, sha256_file
+from mlvos.export.onnx_utils import producers_consumers
 from mlvos.export.trt_ops import find_unsupported
+from mlvos.fileio import sha256_file
+from mlvos.fileio import stable_json as dumps
 from mlvos.runtime.spec import Graph
 
 KEEP = ("first_conv", "logits_conv")

@@ -15,6 +15,7 @@ from mlvos.export import export_checkpoint
 from mlvos.export.errors import ExportError, OutputExistsError
 from mlvos.model.checkpoint import save_checkpoint
 from mlvos.model.registry import build_model
+from mlvos.runtime.manifest import ManifestError
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_cli_argument_errors(tmp_path):
         _cli(["--checkpoint", "c.pt", "--out", str(tmp_path / "o"), "--height", "64"])
     with pytest.raises(InputError, match="--check DIR takes no"):
         _cli(["--check", str(tmp_path), "--out", str(tmp_path / "o")])
-    with pytest.raises(ExportError, match="not an mlvos export directory"):
+    with pytest.raises(ManifestError, match="is not an export directory: manifest.json is missing"):
         _cli(["--check", str(tmp_path)])
     with pytest.raises(SystemExit):  # argparse rejects it via choices=
         _cli(["--checkpoint", "c.pt", "--out", "o", "--precision", "int8"])

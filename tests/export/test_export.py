@@ -20,12 +20,14 @@ from mlvos.errors import InputError
 from mlvos.export import check_export, export_checkpoint
 from mlvos.export import cli as export_cli
 from mlvos.export.errors import ValidationFailedError
-from mlvos.export.onnx_utils import find_attention, io_specs, sha256_file
-from mlvos.export.options import MANIFEST_FILE, VALIDATION_FILE
+from mlvos.export.onnx_utils import find_attention, io_specs
+from mlvos.export.options import VALIDATION_FILE
 from mlvos.export.representative import record_propagation
 from mlvos.export.wrappers import build_wrapper
+from mlvos.fileio import sha256_file
 from mlvos.model.checkpoint import load_model, save_checkpoint
 from mlvos.model.registry import build_model
+from mlvos.runtime.manifest import MANIFEST_FILE
 from mlvos.runtime.spec import Graph
 from mlvos.runtime.spec import Tensor as T
 

@@ -7,8 +7,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
 from mlvos.cli import main  # noqa: E402
-from mlvos.data.palette import read_mask, write_frame, write_mask  # noqa: E402
 from mlvos.data.synth import synth_sequence  # noqa: E402
+from mlvos.palette import read_mask, write_frame, write_mask  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_missing_input_is_a_clean_error(export_dir, video, tmp_path, capsys):
 def test_frames_limit_and_contact_sheet(export_dir, video, tmp_path, capsys):
     from PIL import Image
 
-    from mlvos.data.palette import davis_palette, read_frame
+    from mlvos.palette import davis_palette, read_frame
     from mlvos.runtime.video_io import draw_overlay
 
     frames, mask, seq = video
