@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from mlvos.runtime.backends.trt import EngineCacheError, Profile, ensure_engines
+    from mlvos.runtime.backends.trt import BuildOptions, EngineCacheError, Profile, ensure_engines
     from mlvos.runtime.manifest import Manifest
 
     manifest = Manifest.load(args.model)
@@ -63,21 +63,24 @@ def main(args: argparse.Namespace) -> int:
     }
     profile = Profile(**given) if given else None
     timing = None if str(args.timing_cache).lower() == "none" else args.timing_cache
+    options = BuildOptions(
+        engine_dir=args.out,
+        profile=profile,
+        timing_cache=timing,
+        dla_core=args.dla_core,
+        fp16_recipe=args.fp16_recipe,
+        tf32=not args.no_tf32,
+        workspace_mib=args.workspace_mib,
+        verbose=args.verbose,
+        device=args.device,
+    )
     try:
         records = ensure_engines(
             manifest,
             args.precision,
-            engine_dir=args.out,
-            profile=profile,
+            options=options,
             allow_build=not args.check,
             rebuild=args.rebuild,
-            dla_core=args.dla_core,
-            timing_cache=timing,
-            fp16_recipe=args.fp16_recipe,
-            tf32=not args.no_tf32,
-            workspace_mib=args.workspace_mib,
-            verbose=args.verbose,
-            device=args.device,
         )
     except EngineCacheError as e:
         if not args.check:

@@ -1,13 +1,15 @@
-"""Static check: every TensorRT API that runtime/backends/trt.py uses exists in TensorRT 10.3
-(JetPack 6) AND 11.4, unless its line carries a `# trt-compat: NAME reason` marker (the access
-sits behind a version or feature guard). No TensorRT installation is needed: the API surfaces are
+"""Static check: every TensorRT API that the runtime/backends/trt package uses (every .py file in
+it, each checked on its own) exists in TensorRT 10.3 (JetPack 6) AND 11.4, unless its line
+carries a `# trt-compat: NAME reason` marker (the access sits behind a version or feature
+guard). No TensorRT installation is needed: the API surfaces are
 the binding introspection dumps in shared/reference/tensorrt (api_10.3.0.json, api_11.4.0.106.json).
 
 How accesses are classified (ast, no execution):
 - `trt.X`, `trt.X.Y`: module names and class members, checked exactly.
 - `obj.attr` where `obj` is a TRT object: its class comes from an assignment (`x = trt.Builder(..)`,
   `x = config.get_timing_cache()` with the return type read from the dump's signature) or from the
-  naming convention in RECEIVERS (trt.py names its engines `engine`, contexts `context`, ...).
+  naming convention in RECEIVERS (the backend names its engines `engine`, contexts `context`,
+  ...).
 - any other `obj.attr` (not on `self`): flagged if `attr` exists in only one of the two versions
   or is a pre-10.3 API (REMOVED_BEFORE_10_3) - a safety net for receivers the checker cannot type.
 - `getattr(obj, "NAME")` / `hasattr(obj, "NAME")` count as accesses of NAME.
@@ -31,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT.parent / "shared" / "reference" / "tensorrt"
 DUMPS = {"10.3": "api_10.3.0.json", "11.4": "api_11.4.0.106.json"}
 LEAN_DUMP = "api_lean_11.4.json"
-TRT_SOURCE = ROOT / "runtime" / "backends" / "trt.py"
+TRT_PACKAGE = ROOT / "runtime" / "backends" / "trt"
 CUDA_SOURCE = ROOT / "runtime" / "backends" / "cuda_mem.py"
 
-# Names trt.py gives TRT objects whose type the checker cannot infer from an assignment
+# Names the backend gives TRT objects whose type the checker cannot infer from an assignment
 # (overloaded bindings such as Runtime.deserialize_cuda_engine have no return type in the dump).
 RECEIVERS = {
     "builder": "Builder",
@@ -107,6 +109,7 @@ class Access:
     owner: str  # "trt" (module), "Class" (class-level), "Class()" (instance) or "?" (unknown)
     attr: str
     text: str
+    file: str = ""  # the module's file name (check_package)
 
 
 @dataclass
@@ -217,14 +220,18 @@ class _Checker(ast.NodeVisitor):
         self.accesses.append(Access(node.lineno, owner, attr, text))
 
 
-def check_source(source: str, apis: dict[str, Api]) -> Report:
-    """Run the checker on `source`; Report.findings lists every unportable access."""
+def check_source(source: str, apis: dict[str, Api], file: str = "") -> Report:
+    """Run the checker on `source` (one module, named `file` in messages); Report.findings lists
+    every unportable access."""
     tree = ast.parse(source)
     checker = _Checker(apis)
     # Two passes: the first learns variable types from assignments anywhere in the module.
     checker.visit(tree)
     checker.accesses.clear()
     checker.visit(tree)
+    for acc in checker.accesses:
+        acc.file = file
+    at = f"{file} " if file else ""
     markers = _markers(source)
     used_markers: set[int] = set()
     report = Report(accesses=checker.accesses)
@@ -244,7 +251,7 @@ def check_source(source: str, apis: dict[str, Api]) -> Report:
         if not missing:
             continue
         names, why, marker_line = markers.get(acc.line, (set(), "", 0))
-        where = f"line {acc.line}: {acc.text} ({acc.owner}.{acc.attr})"
+        where = f"{at}line {acc.line}: {acc.text} ({acc.owner}.{acc.attr})"
         if acc.attr in names and why:
             exists_somewhere = any(acc.attr in a.vocabulary for a in versions)
             if exists_somewhere:
@@ -254,13 +261,34 @@ def check_source(source: str, apis: dict[str, Api]) -> Report:
         report.findings.append(f"{where} missing in TensorRT {', '.join(missing)}")
     for line, (_, _, marker_line) in sorted(markers.items()):
         if line == marker_line and marker_line not in used_markers:
-            report.unused_markers.append(f"line {marker_line}")
+            report.unused_markers.append(f"{at}line {marker_line}")
     return report
+
+
+def trt_sources() -> list[Path]:
+    """Every module of the TensorRT backend package, subpackages included."""
+    return sorted(TRT_PACKAGE.rglob("*.py"))
+
+
+def check_package(apis: dict[str, Api]) -> Report:
+    """check_source on every module of the backend package, merged into one Report. Each module
+    is checked on its own: variable types learned in one module do not carry into another (as in
+    Python), so a TRT object handed between modules must follow the RECEIVERS naming."""
+    sources = trt_sources()
+    assert TRT_PACKAGE.joinpath("__init__.py") in sources, f"{TRT_PACKAGE} is not a package"
+    merged = Report()
+    for path in sources:
+        report = check_source(path.read_text(), apis, str(path.relative_to(TRT_PACKAGE)))
+        merged.findings += report.findings
+        merged.accesses += report.accesses
+        merged.guarded += report.guarded
+        merged.unused_markers += report.unused_markers
+    return merged
 
 
 # -------------------------------------------------------------------------------------- tests
 def test_trt_backend_uses_only_portable_api(apis):
-    report = check_source(TRT_SOURCE.read_text(), apis)
+    report = check_package(apis)
     assert not report.findings, (
         "TensorRT APIs not present in both 10.3 and 11.4 (guard them and mark the line with "
         "`# trt-compat: NAME reason`, or use the portable API):\n  " + "\n  ".join(report.findings)
@@ -272,9 +300,9 @@ def test_trt_backend_uses_only_portable_api(apis):
 
 
 def test_checker_is_not_vacuous(apis):
-    """The checker must actually type the objects trt.py works with; if a refactor renames
+    """The checker must actually type the objects the backend works with; if a refactor renames
     them, extend RECEIVERS rather than letting accesses fall into the untyped bucket."""
-    report = check_source(TRT_SOURCE.read_text(), apis)
+    report = check_package(apis)
     typed = {a.owner for a in report.accesses if a.owner.endswith("()")}
     for cls in (
         "Builder",
@@ -351,10 +379,10 @@ def test_runner_side_is_in_the_lean_runtime(apis):
     """What TrtRunner touches after the build exists in tensorrt_lean 11.4 too, so the runner can
     move to the lean runtime (version-compatible engines) without API changes."""
     lean = load_api(REFERENCE / LEAN_DUMP)
-    report = check_source(TRT_SOURCE.read_text(), apis)
+    report = check_package(apis)
     runtime_side = {"Runtime()", "ICudaEngine()", "IExecutionContext()"}
     missing = [
-        f"line {a.line}: {a.text}"
+        f"{a.file} line {a.line}: {a.text}"
         for a in report.accesses
         if a.owner in runtime_side and a.attr not in lean.classes[a.owner.rstrip("()")]
     ]

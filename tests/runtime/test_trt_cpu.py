@@ -28,11 +28,10 @@ from mlvos.runtime.backends.trt import (
     key_mismatches,
     plan_recipe,
     profile_shapes,
-    resolve_shape,
     version_tuple,
 )
 from mlvos.runtime.manifest import Manifest
-from mlvos.runtime.spec import Graph, Tensor
+from mlvos.runtime.spec import Graph, Tensor, resolve_shape
 
 BLOCK = textwrap.dedent(
     """
@@ -256,7 +255,7 @@ def test_profile_fitted_and_shapes(tmp_path):
         Profile(max_objects=0).fitted(m)
     with pytest.raises(InputError, match="max height must be >= 32"):
         Profile(max_height=16).fitted(m)
-    assert resolve_shape(("O", 6, "H/16"), {"O": 2, "H": 64}) == [2, 6, 4]
+    assert resolve_shape(("O", 6, "H/16"), {"O": 2, "H": 64}) == (2, 6, 4)
 
 
 def _key(tmp_path, **over):

@@ -1,14 +1,15 @@
-"""Opt-in type check of runtime/backends/trt.py against stubs generated from the real TensorRT
-10.3 and 11.4 Python bindings (tensorrt_facts.md §7). Run with MLVOS_TRT_STUB_CHECK=1.
+"""Opt-in type check of the runtime/backends/trt package against stubs generated from the real
+TensorRT 10.3 and 11.4 Python bindings (tensorrt_facts.md §7). Run with MLVOS_TRT_STUB_CHECK=1.
 
 It downloads the bindings wheels from PyPI (about 2 MB; the bindings are real wheels, only the
 -libs packages are placeholders), compiles empty stand-ins for the nine libnvinfer /
 libnvonnxparser / libnvinfer_plugin symbols the bindings import (so they load on a machine
 without TensorRT; nothing is ever called), generates .pyi stubs with pybind11-stubgen, applies
-the known fix-ups, and runs mypy on a copy of trt.py in which `trt` is the statically imported
-module and the TRT-object parameters carry TensorRT types. Stubs and wheels live in a temporary
-directory and are never committed (the bindings are proprietary). The static ast check in
-test_trt_api.py is the always-on equivalent; this one also checks argument types.
+the known fix-ups, and runs mypy on a copy of the package in which `trt` is the statically
+imported module, the TRT-object parameters carry TensorRT types and the package's imports of its
+own modules point at the copy (so calls between its modules are checked too). Stubs and wheels
+live in a temporary directory and are never committed (the bindings are proprietary). The static
+ast check in test_trt_api.py is the always-on equivalent; this one also checks argument types.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+TRT_PACKAGE = ROOT / "runtime" / "backends" / "trt"
+COPY = "typed_trt"  # the typed copy's package name
 WHEELS = {"10.3": "tensorrt-cu12-bindings==10.3.0", "11.4": "tensorrt-cu13-bindings==11.4.0.106"}
 SYMBOLS = """
 void* createInferBuilder_INTERNAL(void* a, int b) { return 0; }
@@ -154,8 +157,9 @@ def _stubs(tools: Path, version: str) -> Path:
 
 
 def _typed_copy(dest: Path) -> Path:
-    """trt.py with `trt` imported statically and TRT-object parameters typed."""
-    text = (ROOT / "runtime" / "backends" / "trt.py").read_text()
+    """The backend package copied to dest/typed_trt with `trt` imported statically, TRT-object
+    parameters typed, its imports of its own modules pointing at the copy, and PLANTED appended
+    to build.py. Each rule must match at least `at_least` times over the whole package."""
     rules = [
         (r"from __future__ import annotations\n", "\\g<0>\nimport tensorrt as trt\n", 1),
         (r"\n(\s+)trt = _import_trt\(\)\n", r"\n\1pass\n", 3),
@@ -169,12 +173,25 @@ def _typed_copy(dest: Path) -> Path:
             1,
         ),
     ]
-    for pattern, repl, at_least in rules:
-        text, n = re.subn(pattern, repl, text)
-        assert n >= at_least, f"trt.py changed shape: {pattern!r} matched {n} times; update rules"
-    path = dest / "typed_trt.py"
-    path.write_text(text + PLANTED)
-    return path
+    sources = sorted(TRT_PACKAGE.rglob("*.py"))
+    assert TRT_PACKAGE / "build.py" in sources, f"no {TRT_PACKAGE}/build.py to plant errors in"
+    matched = [0] * len(rules)
+    out = dest / COPY
+    for source in sources:
+        text = re.sub(r"\bmlvos\.runtime\.backends\.trt\b", COPY, source.read_text())
+        for i, (pattern, repl, _) in enumerate(rules):
+            text, n = re.subn(pattern, repl, text)
+            matched[i] += n
+        if source.name == "build.py" and source.parent == TRT_PACKAGE:
+            text += PLANTED
+        path = out / source.relative_to(TRT_PACKAGE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for (pattern, _, at_least), n in zip(rules, matched):
+        assert n >= at_least, (
+            f"the trt package changed shape: {pattern!r} matched {n} times; update rules"
+        )
+    return out
 
 
 @pytest.mark.parametrize("version", sorted(WHEELS))
@@ -191,18 +208,22 @@ def test_trt_backend_type_checks_against_real_stubs(tools, version, tmp_path):
         "--follow-imports=silent",
         "--no-error-summary",
         "--no-incremental",
-        str(probe),
+        probe.name,
         env=env,
         cwd=tmp_path,
     )
-    lines = probe.read_text().splitlines()
-    # Only the probe's own lines count (the generated stubs have harmless errors of their own).
+    # Only the copy's own lines count (the generated stubs have harmless errors of their own).
     errors = [
-        e for e in r.stdout.splitlines() if e.startswith(probe.name + ":") and ": error:" in e
+        e for e in r.stdout.splitlines() if e.startswith(probe.name + "/") and ": error:" in e
     ]
-    planted = {i + 1 for i, line in enumerate(lines) if "# PLANTED" in line}
-    flagged = {int(e.split(":")[1]) for e in errors}
+    planted = {
+        (path.relative_to(tmp_path).as_posix(), i + 1)
+        for path in probe.rglob("*.py")
+        for i, line in enumerate(path.read_text().splitlines())
+        if "# PLANTED" in line
+    }
+    flagged = {(e.split(":")[0], int(e.split(":")[1])) for e in errors}
     missed = planted - flagged
-    assert not missed, f"mypy missed planted errors on lines {missed}:\n{r.stdout}"
-    real = [e for e in errors if int(e.split(":")[1]) not in planted]
-    assert not real, f"trt.py vs TensorRT {version} stubs:\n" + "\n".join(real)
+    assert not missed, f"mypy missed planted errors at {sorted(missed)}:\n{r.stdout}"
+    real = [e for e in errors if (e.split(":")[0], int(e.split(":")[1])) not in planted]
+    assert not real, f"the trt package vs TensorRT {version} stubs:\n" + "\n".join(real)

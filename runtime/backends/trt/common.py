@@ -1,0 +1,30 @@
+"""What every module of the TensorRT backend shares: its errors, the lazy TensorRT import and the
+default log."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from mlvos.errors import MlvosError, require
+
+
+class TrtError(MlvosError):
+    """Building, loading or running a TensorRT engine failed."""
+
+
+class EngineCacheError(TrtError):
+    """A cached engine is missing, stale or foreign and building was not allowed."""
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _import_trt() -> Any:
+    """The tensorrt module, imported on first use (never when this package is imported).
+
+    Raises:
+        MissingDependencyError: tensorrt is not installed (names the `mlvos[trt]` extra).
+    """
+    return require("tensorrt", "trt", "the TensorRT backend")
