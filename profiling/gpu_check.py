@@ -35,6 +35,7 @@ from mlvos.errors import MlvosError, require
 from mlvos.profiling.gpu_report import _agreement_report, _csv, _plots, final_table
 from mlvos.profiling.measure import (
     SyntheticVideo,
+    frame0_memory,
     model_stage_gmacs,
     run_video,
     stage_sum_check,
@@ -45,7 +46,7 @@ from mlvos.profiling.measure import (
 from mlvos.profiling.probes import StageTimer, TorchCudaTimer, WallTimer
 from mlvos.profiling.sweeps import parse_resolution
 from mlvos.runtime.predictor import VideoPredictor
-from mlvos.runtime.spec import DEFAULT_CAPACITY, pad_array, padded_size, padding_for
+from mlvos.runtime.spec import DEFAULT_CAPACITY, frame_to_input, padded_size, padding_for
 
 GPU_FORMAT = "mlvos-gpu-check"
 REPORT_FILE = "gpu_check.json"
@@ -297,19 +298,11 @@ def _no_host_sync_checks():
 
 def _filled_bank(runner: Any, video: SyntheticVideo):
     """Bank filled to capacity with frame 0's memory; returns (frame on device, object count)."""
-    frame = video.frames[0]
-    pad = padding_for(*frame.shape[:2], runner.stride)
-    x = pad_array(np.ascontiguousarray(frame.transpose(2, 0, 1)), pad)[None]
-    label = pad_array(video.first_label, pad)
-    ids = [int(i) for i in np.unique(label) if i]
-    probs = np.stack([(label == i) for i in ids]).astype(np.float32)
-    runner.allocate_bank(len(ids), *x.shape[-2:])
-    frame_dev = runner.upload(x)
-    key, value = runner.encode_memory(frame_dev, runner.upload(probs))
+    frame_dev, _, (key, value), n = frame0_memory(runner, video)
     for slot in range(runner.capacity):
-        runner.write_slot(slot, key, value, len(ids))
-    runner.set_valid(np.ones((len(ids), runner.capacity), np.float32))
-    return frame_dev, len(ids)
+        runner.write_slot(slot, key, value, n)
+    runner.set_valid(np.ones((n, runner.capacity), np.float32))
+    return frame_dev, n
 
 
 def _time_calls(fn: Callable[[], Any], timer: Any, iters: int, deadline: float) -> list[float]:
@@ -398,7 +391,7 @@ def _labels(runner: Any, video: SyntheticVideo, frames: int) -> dict[str, list[n
     pad = padding_for(*video.frames[0].shape[:2], runner.stride)
     one_step = []
     for i in range(frames):
-        x = pad_array(np.ascontiguousarray(video.frame(i).transpose(2, 0, 1)), pad)[None]
+        x = frame_to_input(video.frame(i), pad)
         _, labels = runner.read_decode(runner.encode_query(runner.upload(x)), n)
         one_step.append(runner.download(labels))  # slot k = k-th object id, same in every run
     return {"propagated": propagated, "one_step": one_step, "slots": list(range(1, n + 1))}

@@ -16,7 +16,7 @@ import numpy as np
 from mlvos.errors import InputError, MlvosError
 from mlvos.profiling.probes import WORK_STAGES, StageTimer, TimedRunner, host_memory
 from mlvos.runtime.predictor import STAGES, VideoPredictor
-from mlvos.runtime.spec import DEFAULT_MEM_EVERY, pad_array, padding_for
+from mlvos.runtime.spec import DEFAULT_MEM_EVERY, frame_to_input, pad_array, padding_for
 
 __all__ = [
     "STAGE_GRAPH",
@@ -198,6 +198,24 @@ def run_video(
     return RunTimings(pred.timings, device, skip, rss_after)
 
 
+def frame0_memory(runner: Any, video: SyntheticVideo):
+    """Allocate the bank for frame 0's objects and encode frame 0 as query and as memory.
+
+    Returns:
+        (frame on device, query, (mem_key, mem_value), object count); nothing is written yet.
+    """
+    frame = video.frames[0]
+    pad = padding_for(*frame.shape[:2], runner.stride)
+    x = frame_to_input(frame, pad)
+    label = pad_array(video.first_label, pad)
+    ids = [int(i) for i in np.unique(label) if i]
+    probs = np.stack([(label == i) for i in ids]).astype(np.float32)
+    runner.allocate_bank(len(ids), *x.shape[-2:])
+    frame_dev = runner.upload(x)
+    query = runner.encode_query(frame_dev)
+    return frame_dev, query, runner.encode_memory(frame_dev, runner.upload(probs), query), len(ids)
+
+
 def time_read_decode(
     runner: Any,
     video: SyntheticVideo,
@@ -212,18 +230,8 @@ def time_read_decode(
     The bank is filled with the memory encoding of frame 0 (every object of its label) and the
     query is frame 0's; the stages are called directly, without the predictor.
     """
-    frame = video.frames[0]
-    h, w = frame.shape[:2]
-    pad = padding_for(h, w, runner.stride)
-    x = pad_array(np.ascontiguousarray(frame.transpose(2, 0, 1)), pad)[None]
-    ids = [int(i) for i in np.unique(video.first_label) if i]
-    label = pad_array(video.first_label, pad)
-    probs = np.stack([(label == i) for i in ids]).astype(np.float32)
-    n, cap = len(ids), runner.capacity
-    runner.allocate_bank(n, *x.shape[-2:])
-    frame_dev = runner.upload(x)
-    query = runner.encode_query(frame_dev)
-    key, value = runner.encode_memory(frame_dev, runner.upload(probs), query)
+    _, query, (key, value), n = frame0_memory(runner, video)
+    cap = runner.capacity
     out: dict[int, list[float]] = {}
     for k in slots:
         if not 1 <= k <= cap:

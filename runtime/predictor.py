@@ -17,6 +17,7 @@ from mlvos.runtime.spec import (
     MAX_SCALE,
     MIN_SCALE,
     MIN_SIDE,
+    frame_to_input,
     pad_array,
     padding_for,
 )
@@ -276,8 +277,7 @@ class VideoPredictor:
     def _prepare(self, frame: np.ndarray) -> np.ndarray:
         if self.inner != self.size:
             frame = resize_bilinear(frame, *self.inner)
-        x = np.ascontiguousarray(frame.transpose(2, 0, 1))
-        return pad_array(x, self.pad)[None]
+        return frame_to_input(frame, self.pad)
 
     def _mask_to_inner(self, mask: np.ndarray) -> np.ndarray:
         if mask.shape != self.size:

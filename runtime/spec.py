@@ -147,3 +147,10 @@ def unpad_array(x: np.ndarray, pad: Padding) -> np.ndarray:
     """Crop the last two axes of `x` back to the unpadded size (a view, no copy)."""
     h, w = x.shape[-2:]
     return x[..., pad.top : h - pad.bottom, pad.left : w - pad.right]
+
+
+def frame_to_input(frame: np.ndarray, pad: Padding) -> np.ndarray:
+    """(H, W, 3) uint8 RGB frame -> the graphs' `frame` input: (1, 3, H', W') uint8, padded.
+
+    The one place a frame becomes a network input (predictor, profiling and checks use it)."""
+    return pad_array(np.ascontiguousarray(frame.transpose(2, 0, 1)), pad)[None]
