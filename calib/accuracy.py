@@ -19,11 +19,10 @@ Log = Callable[[str], None]
 
 
 def _propagate(runner, seq, mem_every: int) -> list[np.ndarray]:
-    from mlvos.runtime.predictor import VideoPredictor
+    from mlvos.runtime.predictor import propagate
 
-    pred = VideoPredictor(runner, mem_every=mem_every)
-    pred.add_mask(0, seq.first_mask())
-    return [pred.step(seq.read_frame(t)) for t in range(len(seq))]
+    frames = (seq.read_frame(t) for t in range(len(seq)))
+    return list(propagate(runner, frames, seq.first_mask(), mem_every=mem_every))
 
 
 def _write(folder: Path, seq, labels: list[np.ndarray]) -> None:

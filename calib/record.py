@@ -1,6 +1,6 @@
 """Calibration data from real propagation: the FP32 graphs run by the runtime's own frame loop
-(OrtRunner + VideoPredictor) over the videos of a DAVIS-layout dataset, recording the exact
-inputs each graph receives at selected frames.
+(OrtRunner + VideoPredictor) over the videos of a DAVIS-layout dataset; the RecordingRunner proxy
+records the exact inputs each graph receives at selected frames.
 
 What a sample holds (one selected frame t >= 1 of one video):
     query_encoder:  frame (1, 3, H, W) uint8, padded as the runtime pads it;
@@ -22,8 +22,8 @@ import numpy as np
 from mlvos.calib.errors import CalibDataError, TooFewSamplesError
 from mlvos.errors import DatasetError
 from mlvos.runtime.backends.onnxrt import OrtRunner
-from mlvos.runtime.spec import MIN_SIDE, Graph, padded_size
-from mlvos.runtime.spec import Tensor as T
+from mlvos.runtime.backends.recording import RecordingRunner
+from mlvos.runtime.spec import MIN_SIDE, padded_size
 
 Feed = dict[str, np.ndarray]
 Log = Callable[[str], None]
@@ -38,38 +38,6 @@ class CalibrationData:
 
     def __len__(self) -> int:
         return len(self.positions)
-
-
-class RecordingRunner(OrtRunner):
-    """OrtRunner that copies the feeds of every graph call while `recording` is True."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.recording = False
-        self.calls: dict[str, list[Feed]] = {g: [] for g in Graph.ALL}
-
-    def encode_query(self, frame: np.ndarray) -> dict[str, np.ndarray]:
-        if self.recording:
-            self.calls[Graph.QUERY_ENCODER].append({T.FRAME: np.array(frame)})
-        return super().encode_query(frame)
-
-    def encode_memory(self, frame: np.ndarray, probs: np.ndarray, query=None):
-        if self.recording:
-            if self.memory_takes_key and query is None:
-                query = super().encode_query(frame)  # not a recorded query call
-            feed = {k: np.array(v) for k, v in self._memory_feeds(frame, probs, query).items()}
-            feed[T.PROBS] = feed[T.PROBS].astype(self.probs_dtype, copy=False)
-            self.calls[Graph.MEMORY_ENCODER].append(feed)
-        return super().encode_memory(frame, probs, query)
-
-    def read_decode(self, query: dict[str, np.ndarray], objects: int):
-        if self.recording:
-            feed = {k: np.array(v) for k, v in query.items()}
-            feed[T.BANK_KEY] = np.array(self.bank_key[:objects])
-            feed[T.BANK_VALUE] = np.array(self.bank_value[:objects])
-            feed[T.BANK_VALID] = np.array(self.valid[:objects])
-            self.calls[Graph.READ_DECODER].append(feed)
-        return super().read_decode(query, objects)
 
 
 def open_dataset(root: str | Path, split: str, sequences: Sequence[str] | None, what: str):
@@ -171,7 +139,7 @@ def record(
     wanted: dict[str, set[int]] = {}
     for name, t in positions:
         wanted.setdefault(name, set()).add(t)
-    runner = RecordingRunner(Manifest.load(export_dir), "fp32", threads=threads)
+    runner = RecordingRunner(OrtRunner(Manifest.load(export_dir), "fp32", threads=threads))
     with runner:
         for name, frames in wanted.items():
             seq = ds[name]
@@ -183,7 +151,7 @@ def record(
             runner.recording = False
             if log is not None:
                 log(f"recorded {len(frames)} sample(s) from {name} (frames 0..{max(frames)})")
-    data = CalibrationData(list(positions), runner.calls)
+    data = CalibrationData(list(positions), runner.feeds)
     for graph, feeds in data.feeds.items():
         if len(feeds) != len(positions):  # a frame where the predictor ran no read (no object)
             raise TooFewSamplesError(

@@ -184,7 +184,7 @@ def export_checkpoint(
     rnd_size = size or (rep_size[0] + stride, rep_size[1] + stride)
     representative = {
         "real": {
-            "source": "mlvos.data.synth.synth_sequence propagated by mlvos.model.inference",
+            "source": "mlvos.data.synth.synth_sequence propagated by VideoPredictor(TorchRunner)",
             "size": list(rep_size),
             "frames": representative_frames,
             "objects": representative_objects,

@@ -28,11 +28,9 @@ UNTRAINED_STAGES = ("init", "imagenet")
 
 
 def _propagate(runner, video, mem_every: int) -> list[np.ndarray]:
-    from mlvos.runtime.predictor import VideoPredictor
+    from mlvos.runtime.predictor import propagate
 
-    pred = VideoPredictor(runner, mem_every=mem_every)
-    pred.add_mask(0, video[0][1])
-    return [pred.step(frame) for frame, _ in video]
+    return list(propagate(runner, (f for f, _ in video), video[0][1], mem_every=mem_every))
 
 
 def validate_end_to_end(

@@ -1,10 +1,10 @@
 """Representative graph inputs: recorded from a real propagation, and random ones.
 
-`record_propagation` runs the PyTorch reference propagation (mlvos.model.inference.propagate) over
-a short synthetic video and records, for each graph, the exact inputs the graph would see in
-deployment (the bank padded to the fixed capacity with zero slots and validity 0) together with
-the PyTorch outputs for them. These feeds drive the FP16 conversion (AutoCast's calibration
-data) and the "real" half of the validation.
+`record_propagation` runs the runtime's frame loop (VideoPredictor) on the PyTorch model
+(TorchRunner) over a short synthetic video and records, through the RecordingRunner proxy, the
+exact inputs each graph sees in deployment (the bank at its fixed capacity, empty slots zero with
+validity 0), together with the export wrappers' PyTorch outputs for them. These feeds drive the
+FP16 conversion (AutoCast's calibration data) and the "real" half of the validation.
 """
 
 from __future__ import annotations
@@ -45,60 +45,6 @@ def _run(wrapper: torch.nn.Module, feed: Feed) -> Feed:
     return {n: _np(o) for n, o in zip(wrapper.output_names, outs, strict=True)}
 
 
-class _Recorder:
-    """Stands in for an STMNet inside `propagate`: records every stage call's graph inputs and
-    outputs, and answers them with the export wrappers (the read with a capacity-padded bank)."""
-
-    def __init__(self, model: STMNet, capacity: int, samples: Samples):
-        self.stride = model.stride
-        self.capacity = capacity
-        self.samples = samples
-        self.query = build_wrapper(Graph.QUERY_ENCODER, model)
-        self.memory = build_wrapper(Graph.MEMORY_ENCODER, model)
-        self.read = build_wrapper(Graph.READ_DECODER, model)
-
-    def _call(self, graph: str, wrapper, feed: Feed) -> Feed:
-        ref = _run(wrapper, feed)
-        self.samples.add(graph, feed, ref)
-        return ref
-
-    def encode_query(self, frame: torch.Tensor):
-        from mlvos.model.encoders import QueryFeatures
-
-        ref = self._call(Graph.QUERY_ENCODER, self.query, {T.FRAME: _np(frame)})
-        return QueryFeatures(*(torch.from_numpy(ref[n]) for n in self.query.output_names))
-
-    def encode_memory(self, frame: torch.Tensor, probs: torch.Tensor, query_key=None):
-        feed = {T.FRAME: _np(frame), T.PROBS: _np(probs.float())}
-        if T.QUERY_KEY in self.memory.input_names:
-            # The runtime feeds the key of the frame's own query; the annotated frame 0 is
-            # encoded as a query for it (as the predictor does).
-            if query_key is None:
-                query_key = self.encode_query(frame).key
-            feed[T.QUERY_KEY] = _np(query_key)
-        ref = self._call(Graph.MEMORY_ENCODER, self.memory, feed)
-        return torch.from_numpy(ref[T.MEM_KEY]), torch.from_numpy(ref[T.MEM_VALUE])
-
-    def read_decode(self, query, bank_key, bank_value, bank_valid):
-        o, t = bank_key.shape[:2]
-        pad = self.capacity - t
-
-        def padded(x: torch.Tensor) -> np.ndarray:
-            z = torch.zeros((o, pad, *x.shape[2:]), dtype=x.dtype)
-            return _np(torch.cat([x, z], dim=1))
-
-        feed = {
-            T.QUERY_KEY: _np(query.key),
-            T.QUERY_VALUE: _np(query.value),
-            T.SKIP8: _np(query.skip8),
-            T.SKIP4: _np(query.skip4),
-            T.BANK_KEY: padded(bank_key),
-            T.BANK_VALUE: padded(bank_value),
-            T.BANK_VALID: padded(bank_valid.float()),
-        }
-        return torch.from_numpy(self._call(Graph.READ_DECODER, self.read, feed)[T.LOGITS])
-
-
 def record_propagation(
     model: STMNet,
     *,
@@ -119,15 +65,21 @@ def record_propagation(
         mem_every: permanent-memory period, small so that short videos fill several slots.
     """
     from mlvos.data.synth import synth_sequence
-    from mlvos.model.inference import propagate
+    from mlvos.runtime.backends.recording import RecordingRunner
+    from mlvos.runtime.backends.torch_backend import TorchRunner
+    from mlvos.runtime.predictor import propagate
 
     video = list(synth_sequence(seed, frames, height, width, num_objects=objects))
+    runner = RecordingRunner(TorchRunner(model, capacity=capacity))
+    runner.recording = True
+    with runner:
+        for _ in propagate(runner, (f for f, _ in video), video[0][1], mem_every=mem_every):
+            pass
     samples = Samples()
-    recorder = _Recorder(model, capacity, samples)
-    for _ in propagate(
-        [recorder], (f for f, _ in video), video[0][1], capacity=capacity, mem_every=mem_every
-    ):
-        pass
+    for graph, feeds in runner.feeds.items():
+        wrapper = build_wrapper(graph, model)
+        for feed in feeds:
+            samples.add(graph, feed, _run(wrapper, feed))
     return samples
 
 

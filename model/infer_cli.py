@@ -11,8 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "infer",
         help="PyTorch reference propagation over a DAVIS-layout dataset, writing palette PNGs",
-        description="Several --checkpoint files form the paper's ensemble (per-object "
-        "probabilities are averaged before soft aggregation).",
+        description="Several --checkpoint files form the paper's ensemble (the models' "
+        "soft-aggregated object probabilities are averaged; each model keeps its own memory).",
     )
     p.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoints")
     p.add_argument(
@@ -35,27 +35,25 @@ def main(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    import torch
     from tqdm import tqdm
 
-    from mlvos.errors import DatasetError
+    from mlvos.errors import DatasetError, InputError
     from mlvos.fileio import atomic_dir
-    from mlvos.model.checkpoint import load_model, with_read_options
-    from mlvos.model.inference import propagate
     from mlvos.palette import read_frame, read_mask, write_mask
+    from mlvos.runtime.backends.ensemble import EnsembleRunner
+    from mlvos.runtime.backends.torch_backend import TorchRunner
+    from mlvos.runtime.predictor import propagate
     from mlvos.runtime.spec import DEFAULT_CAPACITY, DEFAULT_MEM_EVERY
 
-    torch.set_grad_enabled(False)
-    # denormal softmax tails on real frames run ~100x slower on x86; flushing changes no label
-    torch.set_flush_denormal(True)
-    models = [
-        with_read_options(
-            load_model(c, map_location=args.device)[0],
-            topk=args.read_topk,
-            kernel=args.read_kernel,
-        )
+    capacity = args.capacity or DEFAULT_CAPACITY
+    if capacity < 2:
+        raise InputError(f"--capacity must be >= 2 (annotated + previous frame), got {capacity}")
+    members = [
+        TorchRunner(c, device=args.device, capacity=capacity, read_topk=args.read_topk,
+                    read_kernel=args.read_kernel)
         for c in args.checkpoint
     ]
+    runner = members[0] if len(members) == 1 else EnsembleRunner(members)
     root = Path(args.data)
     img_root = root / "JPEGImages" / args.resolution
     ann_root = root / "Annotations" / args.resolution
@@ -65,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
         )
     seqs = args.sequences or sorted(p.name for p in img_root.iterdir() if p.is_dir())
     n_frames, t0 = 0, time.perf_counter()
-    with atomic_dir(args.out, force=args.force) as out:
+    with runner, atomic_dir(args.out, force=args.force) as out:
         for seq in tqdm(seqs, desc="sequences", unit="seq"):
             frames = sorted((img_root / seq).glob("*.jpg"))
             if not frames:
@@ -73,14 +71,11 @@ def main(args: argparse.Namespace) -> int:
             first = ann_root / seq / (frames[0].stem + ".png")
             if not first.is_file():
                 raise DatasetError(f"sequence {seq}: first-frame annotation {first} is missing")
-            mask = read_mask(first)
             preds = propagate(
-                models,
+                runner,
                 (read_frame(f) for f in frames),
-                mask,
-                capacity=args.capacity or DEFAULT_CAPACITY,
+                read_mask(first),
                 mem_every=args.mem_every or DEFAULT_MEM_EVERY,
-                device=args.device,
             )
             for f, pred in zip(frames, preds):
                 write_mask(out / seq / (f.stem + ".png"), pred)

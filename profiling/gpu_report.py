@@ -10,7 +10,7 @@ import numpy as np
 from mlvos.profiling.measure import SyntheticVideo
 from mlvos.profiling.plots import STAGE_COLORS, plot_stage_bars, pyplot, save_png
 from mlvos.profiling.report import csv_text, stage_cells, stage_columns
-from mlvos.runtime.predictor import STAGES
+from mlvos.runtime.spec import TIMED_STAGES
 
 if TYPE_CHECKING:
     from mlvos.profiling.gpu_check import _Check
@@ -117,7 +117,7 @@ def _csv(chk: _Check) -> None:
     device_stats = ("mean", "p90")
     rows = []
     for c in chk.report["configs"]:
-        for st in STAGES:
+        for st in TIMED_STAGES:
             config = [c["precision"], c["resolution"], c["objects"], st]
             rows.append([*config, *stage_cells(c, st, device_stats), c.get("peak_device_mb")])
     header = ["precision", "resolution", "objects", "stage"]

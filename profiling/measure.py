@@ -14,9 +14,17 @@ from typing import Any
 import numpy as np
 
 from mlvos.errors import InputError, MlvosError
-from mlvos.profiling.probes import WORK_STAGES, StageTimer, TimedRunner, host_memory
-from mlvos.runtime.predictor import STAGES, VideoPredictor
-from mlvos.runtime.spec import DEFAULT_MEM_EVERY, frame_to_input, pad_array, padding_for
+from mlvos.profiling.probes import StageTimer, host_memory
+from mlvos.runtime.backends.recording import RecordingRunner
+from mlvos.runtime.predictor import VideoPredictor
+from mlvos.runtime.spec import (
+    DEFAULT_MEM_EVERY,
+    TIMED_STAGES,
+    WORK_STAGES,
+    frame_to_input,
+    pad_array,
+    padding_for,
+)
 
 __all__ = [
     "STAGE_GRAPH",
@@ -180,10 +188,11 @@ def run_video(
         deadline: time.perf_counter() value after which the run stops early (once warm-up and
             `min_frames` timed frames are done).
     """
-    timed = TimedRunner(runner, timer) if timer is not None and timer.kind != "wall" else None
+    device_timed = timer is not None and timer.kind != "wall"
+    timed = RecordingRunner(runner, timer=timer) if device_timed else None
     pred = VideoPredictor(timed or runner, mem_every=mem_every, profile=True)
     pred.add_mask(0, video.first_label)
-    device = {s: [] for s in STAGES} if timed else None
+    device = {s: [] for s in TIMED_STAGES} if timed else None
     rss_after = None
     skip = 1 + warmup
     for i in range(1 + frames):

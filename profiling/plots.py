@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mlvos.profiling.probes import WORK_STAGES
-from mlvos.runtime.predictor import STAGES
+from mlvos.runtime.spec import TIMED_STAGES, WORK_STAGES
 
 __all__ = [
     "STAGE_COLORS",
@@ -65,7 +64,7 @@ def subtitle(report: dict[str, Any]) -> str:
 
 
 def _stage_lines(ax, entries: list[dict], xs: list, key: str = "wall") -> None:
-    for s in STAGES:
+    for s in TIMED_STAGES:
         ys = [(e.get(key) or e["wall"])[s]["mean"] for e in entries]
         lw, ms = (2.6, 7) if s == "total" else (1.4, 5)
         ax.plot(xs, ys, marker="o", lw=lw, ms=ms, color=STAGE_COLORS[s], label=s)

@@ -12,13 +12,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from mlvos.runtime.predictor import STAGES
+from mlvos.runtime.spec import WORK_STAGES
 
 __all__ = [
     "WORK_STAGES",
     "DeviceMemoryProbe",
     "StageTimer",
-    "TimedRunner",
     "TorchCudaTimer",
     "WallTimer",
     "device_memory_probe",
@@ -28,7 +27,6 @@ __all__ = [
 ]
 
 # Stages that do work; "total" is end to end.
-WORK_STAGES = tuple(s for s in STAGES if s != "total")
 
 
 # ------------------------------------------------------------------------------------ timers
@@ -105,54 +103,6 @@ def timer_for(runner: Any) -> StageTimer:
     if device is None:
         return WallTimer(getattr(runner, "synchronize", None))
     return TorchCudaTimer(runner.torch, device)
-
-
-class TimedRunner:
-    """A Runner proxy that brackets each call with timer marks and attributes it to a stage.
-
-    The predictor's stages map to runner calls: preprocess = upload, query_encoder =
-    encode_query, read_decoder = read_decode (aggregation included), memory_encoder =
-    encode_memory + write_slot + set_valid, postprocess = download. Host-only work (padding,
-    the id lookup) has no device time.
-    """
-
-    CALL_STAGES = {
-        "upload": "preprocess",
-        "encode_query": "query_encoder",
-        "read_decode": "read_decoder",
-        "encode_memory": "memory_encoder",
-        "write_slot": "memory_encoder",
-        "set_valid": "memory_encoder",
-        "download": "postprocess",
-    }
-
-    def __init__(self, runner: Any, timer: StageTimer):
-        self._runner = runner
-        self._timer = timer
-        self._spans: list[tuple[str, Any, Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._runner, name)
-        stage = self.CALL_STAGES.get(name)
-        if stage is None or not callable(attr):
-            return attr
-
-        def timed(*args, **kwargs):
-            start = self._timer.mark()
-            out = attr(*args, **kwargs)
-            self._spans.append((stage, start, self._timer.mark()))
-            return out
-
-        return timed
-
-    def collect(self) -> dict[str, float]:
-        """Milliseconds per stage since the last collect; "total" = their sum (device busy)."""
-        per = dict.fromkeys(STAGES, 0.0)
-        for stage, a, b in self._spans:
-            per[stage] += self._timer.elapsed_ms(a, b)
-        per["total"] = sum(per[s] for s in WORK_STAGES)
-        self._spans.clear()
-        return per
 
 
 # ---------------------------------------------------------------------------- memory probes

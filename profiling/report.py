@@ -18,7 +18,7 @@ import numpy as np
 
 from mlvos.errors import InputError
 from mlvos.profiling.plots import plot_report, subtitle
-from mlvos.runtime.predictor import STAGES
+from mlvos.runtime.spec import TIMED_STAGES
 
 __all__ = [
     "DEVICE_STATS",
@@ -77,7 +77,7 @@ def stage_cells(
     Args:
         entry: a configuration with "wall" (and optionally "device", "gmacs", "tflops"):
             {stage: summarize() result} per clock, {stage: value} for the costs.
-        stage: one of runtime.predictor.STAGES.
+        stage: one of runtime.predictor.TIMED_STAGES.
         device_stats: summarize() keys of the device time to include (empty cells when the
             entry has no device time).
 
@@ -100,7 +100,7 @@ def stage_rows(report: dict[str, Any]) -> list[list[Any]]:
         for e in report.get(sweep) or []:
             if "wall" not in e:
                 continue
-            for s in STAGES:
+            for s in TIMED_STAGES:
                 config = [sweep, e["resolution"], e["height"], e["width"], e["objects"], s]
                 rows.append([*config, *stage_cells(e, s)])
     return rows
@@ -193,7 +193,7 @@ def comparable_metrics(report: dict[str, Any]) -> dict[str, tuple[float, str]]:
                 tag = f"{e['resolution']} x{e['objects']}"
                 if f"{tag} total mean" in out:
                     continue  # the object sweep repeats the first resolution's entry
-                for s in STAGES:
+                for s in TIMED_STAGES:
                     out[f"{tag} {s} mean"] = (e["wall"][s]["mean"], "ms")
                 if e.get("device"):
                     out[f"{tag} device total mean"] = (e["device"]["total"]["mean"], "ms")
@@ -216,7 +216,7 @@ def comparable_metrics(report: dict[str, Any]) -> dict[str, tuple[float, str]]:
             if "wall" not in e:
                 continue
             tag = f"{e['precision']} {e['resolution']}"
-            for s in STAGES:
+            for s in TIMED_STAGES:
                 st = (e.get("device") or e["wall"])[s]
                 out[f"{tag} {s} mean"] = (st["mean"], "ms")
             out[f"{tag} FPS"] = (e["wall"]["total"]["fps"], "fps")
@@ -267,7 +267,8 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
 def summary_table(report: dict[str, Any]) -> str:
     """A short text table of a profile report (printed at the end of `mlvos profile`)."""
     lines = [subtitle(report)]
-    head = f"{'config':<16}" + "".join(f"{s[:12]:>13}" for s in STAGES) + f"{'FPS':>8}{'GMAC':>8}"
+    stages = "".join(f"{s[:12]:>13}" for s in TIMED_STAGES)
+    head = f"{'config':<16}" + stages + f"{'FPS':>8}{'GMAC':>8}"
     lines += [head, "-" * len(head)]
     seen = set()
     for e in (report.get("resolution_sweep") or []) + (report.get("object_sweep") or []):
@@ -277,7 +278,7 @@ def summary_table(report: dict[str, Any]) -> str:
         gm = (e.get("gmacs") or {}).get("total")
         lines.append(
             f"{e['resolution'] + ' x' + str(e['objects']):<16}"
-            + "".join(f"{e['wall'][s]['mean']:13.2f}" for s in STAGES)
+            + "".join(f"{e['wall'][s]['mean']:13.2f}" for s in TIMED_STAGES)
             + f"{e['wall']['total']['fps']:8.2f}"
             + (f"{gm:8.1f}" if gm else f"{'-':>8}")
         )

@@ -35,8 +35,7 @@ from mlvos.profiling.probes import (
     timer_for,
 )
 from mlvos.profiling.report import REPORT_FORMAT, REPORT_VERSION
-from mlvos.runtime.predictor import STAGES
-from mlvos.runtime.spec import DEFAULT_MEM_EVERY, padded_size
+from mlvos.runtime.spec import DEFAULT_MEM_EVERY, TIMED_STAGES, padded_size
 
 __all__ = [
     "FLATNESS_START",
@@ -354,7 +353,7 @@ def run_profile(config: ProfileConfig, *, log: Log | None = print) -> dict[str, 
         "command": " ".join(sys.argv),
         "config": asdict(config),
         "env": collect(),
-        "stages": list(STAGES),
+        "stages": list(TIMED_STAGES),
         "cpu_count": os.cpu_count(),
     }
     runner = open_runner(

@@ -96,8 +96,8 @@ def main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mlvos.errors import InputError, require
-    from mlvos.runtime.predictor import STAGES, VideoPredictor
-    from mlvos.runtime.spec import DEFAULT_MEM_EVERY
+    from mlvos.runtime.predictor import VideoPredictor
+    from mlvos.runtime.spec import DEFAULT_MEM_EVERY, TIMED_STAGES
     from mlvos.runtime.video_io import ContactSheet, FrameSource, OverlayWriter, draw_overlay
 
     palette_io = require("mlvos.palette", "ort", "reading/writing palette PNGs")
@@ -165,7 +165,8 @@ def main(args: argparse.Namespace) -> int:
     )
     print(
         "ms per frame (mean, frames 2..N): "
-        + ", ".join(f"{s} {np.mean(pred.timings[s][1:] or pred.timings[s]):.1f}" for s in STAGES)
+        + ", ".join(f"{s} {np.mean(pred.timings[s][1:] or pred.timings[s]):.1f}"
+                    for s in TIMED_STAGES)
     )
     print(f"masks written to {out}")
     if sheet:
@@ -193,12 +194,12 @@ def _run_dataset(args: argparse.Namespace, palette_io, tqdm) -> int:
 
     from mlvos.data.datasets import DavisDataset
     from mlvos.fileio import atomic_dir
-    from mlvos.runtime.predictor import STAGES, VideoPredictor
-    from mlvos.runtime.spec import DEFAULT_MEM_EVERY
+    from mlvos.runtime.predictor import VideoPredictor
+    from mlvos.runtime.spec import DEFAULT_MEM_EVERY, TIMED_STAGES
 
     dataset = DavisDataset(args.data, split=args.split)
     total = sum(len(seq) for seq in dataset)
-    timings = {s: [] for s in STAGES}
+    timings = {s: [] for s in TIMED_STAGES}
     t0 = time.perf_counter()
     with _open(args) as runner, atomic_dir(args.out, force=True) as tmp, \
             tqdm(total=total, unit="frame") as bar:
@@ -211,14 +212,14 @@ def _run_dataset(args: argparse.Namespace, palette_io, tqdm) -> int:
                 palette_io.write_mask(tmp / seq.name / f"{seq.frames[i].stem}.png",
                                       pred.step(seq.read_frame(i)))
                 bar.update(1)
-            for s in STAGES:
+            for s in TIMED_STAGES:
                 timings[s] += pred.timings[s][1:]
     wall = time.perf_counter() - t0
     print(f"{len(dataset)} sequences, {total} frames in {wall:.1f} s; "
           f"{1e3 / np.mean(timings['total']):.2f} FPS in the predictor "
           f"({args.backend}, {args.precision})")
     print("ms per frame (mean, frames 2..N): "
-          + ", ".join(f"{s} {np.mean(timings[s]):.1f}" for s in STAGES))
+          + ", ".join(f"{s} {np.mean(timings[s]):.1f}" for s in TIMED_STAGES))
     print(f"masks written to {args.out}; score them with `mlvos eval --gt "
           f"{dataset.mask_dir} --pred {args.out}`")
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -17,12 +19,26 @@ from mlvos.runtime.spec import (
     MAX_SCALE,
     MIN_SCALE,
     MIN_SIDE,
+    TIMED_STAGES,
     frame_to_input,
     pad_array,
     padding_for,
 )
 
-STAGES = ("preprocess", "query_encoder", "read_decoder", "memory_encoder", "postprocess", "total")
+
+def propagate(
+    runner: Runner, frames: Iterable[np.ndarray], first_mask: np.ndarray, **options: Any
+) -> Iterator[np.ndarray]:
+    """Segment a video from its first-frame mask: VideoPredictor(runner, **options) over
+    `frames` ((H, W, 3) uint8 RGB, frame 0 annotated by `first_mask`, (H, W) uint8 ids).
+
+    Yields:
+        (H, W) uint8 label maps with the mask's ids, frame 0 included.
+    """
+    predictor = VideoPredictor(runner, **options)
+    predictor.add_mask(0, first_mask)
+    for frame in frames:
+        yield predictor.step(frame)
 
 
 class _Clock:
@@ -32,7 +48,7 @@ class _Clock:
         self.runner, self.sink = runner, sink
         if sink is not None:
             self.start = self.last = time.perf_counter()
-            self.acc = dict.fromkeys(STAGES, 0.0)
+            self.acc = dict.fromkeys(TIMED_STAGES, 0.0)
 
     def lap(self, stage: str) -> None:
         if self.sink is not None:
@@ -103,7 +119,7 @@ class VideoPredictor:
         self.policy = MemoryPolicy(runner.capacity)
         self.profile = profile
         self.locality = check_scale(locality)
-        self.timings: dict[str, list[float]] = {s: [] for s in STAGES}
+        self.timings: dict[str, list[float]] = {s: [] for s in TIMED_STAGES}
         self.reset()
 
     # ------------------------------------------------------------------------------ public API

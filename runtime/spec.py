@@ -45,6 +45,14 @@ DEFAULT_MEM_EVERY: int = 5
 MAX_OBJECT_ID: int = 255
 
 
+# Per-frame stages the predictor times (milliseconds per frame; "total" = the whole step), and
+# the stages that do work (all but "total").
+TIMED_STAGES: tuple[str, ...] = (
+    "preprocess", "query_encoder", "read_decoder", "memory_encoder", "postprocess", "total"
+)
+WORK_STAGES: tuple[str, ...] = TIMED_STAGES[:-1]
+
+
 # Graph and tensor names. Export writes them into the ONNX files and the manifest; every consumer
 # reads the manifest, and these constants are what the manifest is checked against.
 class Graph:

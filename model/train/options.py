@@ -13,7 +13,7 @@ from mlvos.errors import CheckpointError, InputError
 from mlvos.model.train.losses import LOSSES
 from mlvos.model.train.schedule import PAPER_LR, SCHEDULES
 
-STAGES = ("pretrain", "main", "finetune")
+TRAINING_STAGES = ("pretrain", "main", "finetune")
 
 # Options a resumed run may change; every other option comes from the checkpoint so that the
 # continued run is the same run (data stream, schedule, model).
@@ -139,8 +139,8 @@ class TrainOptions:
 
     def validate(self) -> None:
         """Raises InputError on inconsistent options (before any work or file is touched)."""
-        if self.stage not in STAGES:
-            raise InputError(f"--stage must be one of {STAGES}, received {self.stage!r}")
+        if self.stage not in TRAINING_STAGES:
+            raise InputError(f"--stage must be one of {TRAINING_STAGES}, received {self.stage!r}")
         if not self.out:
             raise InputError("--out is required (the folder for checkpoints and log.jsonl)")
         if not self.resume and bool(self.variant) == bool(self.init):

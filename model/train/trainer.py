@@ -33,14 +33,14 @@ from mlvos.errors import CheckpointError, DatasetError, InputError, MissingDepen
 from mlvos.model.train import distributed as dist_utils
 from mlvos.model.train.options import (
     RESUME_OVERRIDABLE,
-    STAGES,
+    TRAINING_STAGES,
     TrainOptions,
     merge_resume_options,
 )
 
 # the options' names are re-exported: callers import TrainOptions together with train from here
 __all__ = [
-    "LAST", "LOG", "RESUME_OVERRIDABLE", "STAGES", "TRAIN_STATE_VERSION", "TrainOptions",
+    "LAST", "LOG", "RESUME_OVERRIDABLE", "TRAINING_STAGES", "TRAIN_STATE_VERSION", "TrainOptions",
     "TrainResult", "build_training_source", "merge_resume_options", "resolve_resume", "train",
 ]
 

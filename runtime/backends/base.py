@@ -84,3 +84,17 @@ class Runner(ABC):
     @abstractmethod
     def move_object(self, src: int, dst: int) -> None:
         """bank[dst] = bank[src] (compaction after an object is removed)."""
+
+    # graph inputs, for recording calibration and validation data (optional)
+    def query_feed(self, frame: Any) -> dict[str, np.ndarray]:
+        """Host copies of what query_encoder receives for encode_query(frame), by tensor name."""
+        raise NotImplementedError(f"the {self.name} backend does not record graph inputs")
+
+    def memory_feed(self, frame: Any, probs: Any, query: Any = None) -> dict[str, np.ndarray]:
+        """Host copies of memory_encoder's inputs for encode_memory(frame, probs, query)."""
+        raise NotImplementedError(f"the {self.name} backend does not record graph inputs")
+
+    def read_feed(self, query: Any, objects: int) -> dict[str, np.ndarray]:
+        """Host copies of read_decoder's inputs for read_decode(query, objects), the bank's
+        first `objects` objects at full capacity included."""
+        raise NotImplementedError(f"the {self.name} backend does not record graph inputs")

@@ -184,6 +184,22 @@ class OrtRunner(Runner):
         self.bank_key[dst] = self.bank_key[src]
         self.bank_value[dst] = self.bank_value[src]
 
+    # graph inputs, for recording (runtime.backends.recording.RecordingRunner)
+    def query_feed(self, frame: np.ndarray) -> dict[str, np.ndarray]:
+        return {Tensor.FRAME: np.array(frame)}
+
+    def memory_feed(self, frame, probs, query=None) -> dict[str, np.ndarray]:
+        feed = {k: np.array(v) for k, v in self._memory_feeds(frame, probs, query).items()}
+        feed[Tensor.PROBS] = feed[Tensor.PROBS].astype(self.probs_dtype, copy=False)
+        return feed
+
+    def read_feed(self, query: dict[str, np.ndarray], objects: int) -> dict[str, np.ndarray]:
+        feed = {k: np.array(v) for k, v in query.items()}
+        feed[Tensor.BANK_KEY] = np.array(self.bank_key[:objects])
+        feed[Tensor.BANK_VALUE] = np.array(self.bank_value[:objects])
+        feed[Tensor.BANK_VALID] = np.array(self.valid[:objects])
+        return feed
+
 
 class _HostCopies:
     """Byte copies between CPU OrtValues (memmove): the CPU twin of _CudaCopies."""
@@ -354,6 +370,12 @@ class OrtBoundRunner(OrtRunner):
             self.valid_value = self._ortvalue(valid)
         else:
             self.valid_value.update_inplace(valid)
+
+    def query_feed(self, frame) -> dict[str, np.ndarray]:
+        raise MlvosError("graph inputs are recorded on the plain onnxruntime runner (CPU, no IO "
+                         "binding): open the export with device='cpu'")
+
+    memory_feed = read_feed = query_feed
 
     def move_object(self, src: int, dst: int) -> None:
         for bank in (self.bank_key, self.bank_value):

@@ -10,13 +10,15 @@ import numpy as np
 
 from mlvos.errors import InputError, require
 from mlvos.runtime.spec import FEATURE_STRIDE
+from mlvos.runtime.spec import Tensor as T
 
 
 class TorchRunner:
     """Runner on PyTorch (same contract as runtime.backends.base.Runner).
 
     Args:
-        checkpoint: mlvos checkpoint file.
+        checkpoint: mlvos checkpoint file, or an STMNet already in memory (used as is: put it in
+            eval mode; the PyTorch reference of export and the tests run this way).
         device: "cpu" or "cuda[:N]".
         precision: "fp32", "fp16" (needs CUDA) or "bf16" (CPU or CUDA).
         capacity: memory slots.
@@ -29,7 +31,7 @@ class TorchRunner:
 
     def __init__(
         self,
-        checkpoint: str | os.PathLike,
+        checkpoint: str | os.PathLike | Any,
         *,
         device: str = "cpu",
         precision: str = "fp32",
@@ -53,8 +55,12 @@ class TorchRunner:
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
             precision
         ]
-        model, _ = load_model(checkpoint, map_location=device)
-        model = with_read_options(model, topk=read_topk, kernel=read_kernel)
+        if isinstance(checkpoint, torch.nn.Module):
+            model = checkpoint.to(self.device)
+        else:
+            model, _ = load_model(checkpoint, map_location=device)
+        if read_topk is not None or read_kernel is not None:
+            model = with_read_options(model, topk=read_topk, kernel=read_kernel)
         self.model = model.to(self.dtype)
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         if self.channels_last:
@@ -130,3 +136,30 @@ class TorchRunner:
     def move_object(self, src: int, dst: int) -> None:
         self.bank_key[dst] = self.bank_key[src]
         self.bank_value[dst] = self.bank_value[src]
+
+    # graph inputs, for recording (runtime.backends.recording.RecordingRunner)
+    def _host(self, x) -> np.ndarray:
+        # a copy: on the CPU .numpy() shares memory with the bank, which later frames overwrite
+        x = x.detach().float() if x.is_floating_point() else x.detach()
+        return np.array(x.cpu().numpy(), copy=True)
+
+    def query_feed(self, frame) -> dict[str, np.ndarray]:
+        return {T.FRAME: self._host(frame)}
+
+    def memory_feed(self, frame, probs, query=None) -> dict[str, np.ndarray]:
+        feed = {T.FRAME: self._host(frame), T.PROBS: self._host(probs)}
+        if self.model.config.shared_key:
+            key = (query if query is not None else self.encode_query(frame)).key
+            feed[T.QUERY_KEY] = self._host(key)
+        return feed
+
+    def read_feed(self, query, objects: int) -> dict[str, np.ndarray]:
+        return {
+            T.QUERY_KEY: self._host(query.key),
+            T.QUERY_VALUE: self._host(query.value),
+            T.SKIP8: self._host(query.skip8),
+            T.SKIP4: self._host(query.skip4),
+            T.BANK_KEY: self._host(self.bank_key[:objects]),
+            T.BANK_VALUE: self._host(self.bank_value[:objects]),
+            T.BANK_VALID: self._host(self.valid[:objects]),
+        }

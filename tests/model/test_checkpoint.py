@@ -165,18 +165,19 @@ def test_infer_cli_applies_read_overrides(tiny_ckpt, tmp_path, monkeypatch):
     import numpy as np
 
     from mlvos.data.synth import make_synthetic_dataset
-    from mlvos.model import infer_cli, inference
+    from mlvos.model import infer_cli
+    from mlvos.runtime import predictor
 
     _, path = tiny_ckpt
     data = make_synthetic_dataset(tmp_path / "D", sequences=1, frames=2, seed=1, height=64,
                                   width=64)
     seen = []
 
-    def fake_propagate(models, frames, mask, **kw):  # records the models, segments nothing
-        seen.extend(models)
+    def fake_propagate(runner, frames, mask, **kw):  # records the model, segments nothing
+        seen.append(runner.model)
         return (np.zeros_like(mask) for _ in frames)
 
-    monkeypatch.setattr(inference, "propagate", fake_propagate)
+    monkeypatch.setattr(predictor, "propagate", fake_propagate)
     parser = argparse.ArgumentParser()
     infer_cli.register(parser.add_subparsers())
     base = ["infer", "--checkpoint", str(path), "--data", str(data)]

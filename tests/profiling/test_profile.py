@@ -27,7 +27,7 @@ from mlvos.profiling import (  # noqa: E402
 from mlvos.profiling import cli as profile_cli  # noqa: E402
 from mlvos.profiling.onnx_macs import MacCountError, graph_macs, stage_macs  # noqa: E402
 from mlvos.runtime.loader import open_runner  # noqa: E402
-from mlvos.runtime.predictor import STAGES  # noqa: E402
+from mlvos.runtime.spec import TIMED_STAGES  # noqa: E402
 
 CAPACITY = 4
 PLOTS = (
@@ -97,7 +97,7 @@ def test_report_has_every_section(report):
     assert [e["objects"] for e in report["object_sweep"]] == [1, 2]
     for e in report["resolution_sweep"] + report["object_sweep"]:
         assert e["frames_timed"] == 3
-        for s in STAGES:
+        for s in TIMED_STAGES:
             st = e["wall"][s]
             assert {"mean", "p50", "p90", "p99", "fps"} <= set(st) and st["mean"] >= 0
         assert e["gmacs"]["total"] > 0 and e["tflops"]["total"] > 0
@@ -111,7 +111,7 @@ def test_stage_times_add_up_to_end_to_end(report):
     assert check["ok"] and check["tolerance"] == STAGE_SUM_TOLERANCE
     assert len(check["details"]) == 3  # 64x96 x1, 96x128 x1, 64x96 x2
     for e in report["resolution_sweep"] + report["object_sweep"]:
-        parts = sum(e["wall"][s]["mean"] for s in STAGES if s != "total")
+        parts = sum(e["wall"][s]["mean"] for s in TIMED_STAGES if s != "total")
         total = e["wall"]["total"]["mean"]
         assert abs(parts - total) <= STAGE_SUM_TOLERANCE * total
 

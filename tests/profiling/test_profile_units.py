@@ -12,7 +12,6 @@ from mlvos.errors import InputError
 from mlvos.profiling import (
     REPORT_FORMAT,
     StageTimer,
-    TimedRunner,
     WallTimer,
     comparable_metrics,
     compare_reports,
@@ -26,7 +25,7 @@ from mlvos.profiling import (
 from mlvos.profiling.cli import _int_list
 from mlvos.profiling.gpu_report import final_table, label_agreement
 from mlvos.profiling.measure import _disc_video
-from mlvos.runtime.predictor import STAGES
+from mlvos.runtime.spec import TIMED_STAGES
 
 
 def test_summarize_percentiles_and_fps():
@@ -40,7 +39,7 @@ def test_summarize_percentiles_and_fps():
 
 
 def test_stage_sum_check():
-    stats = {s: {"mean": 10.0} for s in STAGES}
+    stats = {s: {"mean": 10.0} for s in TIMED_STAGES}
     stats["total"] = {"mean": 52.0}
     ok = stage_sum_check(stats)
     assert ok["ok"] and ok["sum_ms"] == 50.0 and ok["rel_diff"] == pytest.approx(2 / 52)
@@ -104,21 +103,6 @@ class _FakeRunner:
         return v
 
 
-def test_timed_runner_attributes_calls_to_stages():
-    timed = TimedRunner(_FakeRunner(), _TickTimer())
-    assert timed.capacity == 4 and timed.stride == 32  # attributes pass through
-    timed.upload(1)
-    timed.encode_query(1)
-    timed.read_decode(1, 1)
-    timed.write_slot(0, 1, 1, 1)
-    timed.download(1)
-    per = timed.collect()
-    assert per["preprocess"] == per["query_encoder"] == per["read_decoder"] == 1.0
-    assert per["memory_encoder"] == per["postprocess"] == 1.0
-    assert per["total"] == 5.0
-    assert timed.collect()["total"] == 0.0  # spans are consumed
-
-
 def test_timer_for_prefers_the_runners_own_timer():
     assert isinstance(timer_for(_FakeRunner()), WallTimer)
     runner = _FakeRunner()
@@ -152,7 +136,7 @@ def test_label_agreement():
 
 
 def _entry(scale: float) -> dict:
-    wall = {s: summarize([scale * 10.0]) for s in STAGES}
+    wall = {s: summarize([scale * 10.0]) for s in TIMED_STAGES}
     return {"resolution": "480p", "objects": 1, "wall": wall}
 
 

@@ -1,4 +1,5 @@
-"""The runtime's frame loop on the torch backend reproduces the PyTorch reference exactly."""
+"""The runtime's frame loop (the only one) on the torch backend: STM's schedule reproduced exactly,
+ensembles, ids, errors."""
 
 import numpy as np
 import pytest
@@ -7,10 +8,13 @@ torch = pytest.importorskip("torch")
 
 from mlvos.errors import InputError  # noqa: E402
 from mlvos.model.checkpoint import save_checkpoint  # noqa: E402
-from mlvos.model.inference import propagate  # noqa: E402
 from mlvos.model.registry import build_model  # noqa: E402
+from mlvos.runtime.backends.ensemble import EnsembleRunner  # noqa: E402
+from mlvos.runtime.backends.torch_backend import TorchRunner  # noqa: E402
 from mlvos.runtime.loader import open_runner  # noqa: E402
-from mlvos.runtime.predictor import VideoPredictor  # noqa: E402
+from mlvos.runtime.memory import ANNOTATED, PERIODIC, TEMP, MemoryPolicy  # noqa: E402
+from mlvos.runtime.predictor import VideoPredictor, propagate  # noqa: E402
+from mlvos.runtime.spec import padding_for  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +30,92 @@ def _video(n=9, h=70, w=90):
     return list(synth_sequence(5, n, h, w, num_objects=2))
 
 
-def test_matches_reference(ckpt):
+@torch.no_grad()
+def _stm_reference(model, frames, mask, capacity, mem_every):
+    """STM's propagation written directly on the model's stage methods (an independent check of
+    the predictor's bookkeeping: bank slots, validity, padding, aggregation, id mapping)."""
+    from mlvos.model.decoder import soft_aggregate_logits
+
+    ids = [int(i) for i in np.unique(mask) if i]
+    lut = np.array([0, *ids], np.uint8)
+    pad = padding_for(*mask.shape, model.stride)
+    policy = MemoryPolicy(capacity)
+    bank = None
+
+    def x_of(frame):
+        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
+        return torch.nn.functional.pad(x, pad.as_torch)
+
+    def write(kv, t, kind):
+        nonlocal bank
+        key, value = kv
+        if bank is None:
+            o = key.shape[0]
+            bank = [key.new_zeros(o, capacity, *key.shape[1:]),
+                    value.new_zeros(o, capacity, *value.shape[1:]), key.new_zeros(o, capacity)]
+        slot, invalid = policy.place(t, kind)
+        bank[0][:, slot], bank[1][:, slot] = key, value
+        bank[2][:, invalid] = 0
+        bank[2][:, slot] = 1
+
+    out = [mask.copy()]
+    m = torch.from_numpy(mask)
+    probs = torch.nn.functional.pad(torch.stack([(m == i).float() for i in ids]), pad.as_torch)
+    write(model.encode_memory(x_of(frames[0]), probs), 0, ANNOTATED)
+    for t, frame in enumerate(frames[1:], start=1):
+        x = x_of(frame)
+        q = model.encode_query(x)
+        agg = torch.softmax(soft_aggregate_logits(model.read_decode(q, *bank)), dim=0)
+        write(model.encode_memory(x, agg[1:], q.key), t, TEMP if t % mem_every else PERIODIC)
+        h, w = agg.shape[-2:]
+        out.append(lut[agg[:, pad.top:h - pad.bottom, pad.left:w - pad.right].argmax(0).numpy()])
+    return out
+
+
+def test_matches_stm_reference(ckpt):
     video = _video()
     frames = [f for f, _ in video]
     mask = video[0][1]
-    model = open_runner(ckpt, backend="torch", capacity=4).model
-    ref = list(propagate([model], frames, mask, capacity=4, mem_every=3))
     with open_runner(ckpt, backend="torch", capacity=4) as runner:
-        pred = VideoPredictor(runner, mem_every=3)
-        pred.add_mask(0, mask)
-        out = [pred.step(f) for f in frames]
+        ref = _stm_reference(runner.model, frames, mask, capacity=4, mem_every=3)
+        out = list(propagate(runner, frames, mask, mem_every=3))
     for t, (a, b) in enumerate(zip(ref, out)):
         assert np.array_equal(a, b), f"frame {t}"
+
+
+def test_ensemble_averages_member_probabilities():
+    a, b = build_model("tiny", seed=0).eval(), build_model("tiny", seed=1).eval()
+    video = _video(4)
+    frames, mask = [f for f, _ in video], video[0][1]
+    single = list(propagate(TorchRunner(a, capacity=3), frames, mask))
+    with EnsembleRunner([TorchRunner(a, capacity=3)]) as one:
+        assert all(np.array_equal(x, y) for x, y in zip(single, propagate(one, frames, mask)))
+    members = [TorchRunner(a, capacity=3), TorchRunner(b, capacity=3)]
+    with EnsembleRunner(members) as both:
+        pred = VideoPredictor(both)
+        pred.add_mask(0, mask)
+        pred.step(frames[0])
+        query = both.encode_query(both.upload(pred._prepare(frames[1])))
+        probs, labels = both.read_decode(query, 2)
+        each = [m.download(m.read_decode(q, 2)[0]) for m, q in zip(members, query)]
+        assert np.allclose(probs, (each[0] + each[1]) / 2)
+        assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
+    with pytest.raises(InputError, match="share stride and capacity"):
+        EnsembleRunner([TorchRunner(a, capacity=3), TorchRunner(b, capacity=4)])
+
+
+def test_propagate_bad_inputs(ckpt):
+    video = _video(2, 50, 70)
+    frames = [f for f, _ in video]
+    with open_runner(ckpt, backend="torch", capacity=3) as runner:
+        with pytest.raises(InputError, match="no object"):
+            list(propagate(runner, frames, np.zeros((50, 70), np.uint8)))
+        with pytest.raises(InputError, match="masks must have the frame's size"):
+            list(propagate(runner, frames, np.ones((40, 70), np.uint8)))
+        with pytest.raises(InputError, match="uint8 label map"):
+            list(propagate(runner, frames, np.ones((50, 70), np.int32)))
+        with pytest.raises(InputError, match="all frames of a video must have the same size"):
+            list(propagate(runner, [frames[0], frames[1][:40]], np.ones((50, 70), np.uint8)))
 
 
 def test_object_joins_and_leaves(ckpt):
