@@ -29,7 +29,7 @@ MIN_SAMPLES = 4
 SELECTIONS: tuple[str, ...] = ("even", "random")
 DEFAULT_SELECTION = "even"
 
-PRECISION = "int8"
+PRECISION = "int8"  # spec.Precision.INT8, spelled out: spec imports numpy (tests compare them)
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_FORMAT = "mlvos-calibration"
 CALIBRATION_VERSION = 1

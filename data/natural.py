@@ -43,10 +43,10 @@ import cv2
 import numpy as np
 
 from mlvos.data.natural_objects import apply_homography
-from mlvos.data.natural_scene import ATTRIBUTES, NaturalSequence, PlacementError, as_generator
+from mlvos.data.natural_scene import ATTRIBUTES, NaturalSequence, as_generator
 from mlvos.data.natural_sprites import colour_transfer, random_mask
 from mlvos.data.photos import PhotoLibrary
-from mlvos.errors import InputError
+from mlvos.errors import InputError, PlacementError
 
 # the public API, the names re-exported from the part modules included
 __all__ = [

@@ -13,7 +13,7 @@ import numpy as np
 from mlvos.data.natural_objects import SceneObject, apply_homography, draw_motion, warp_object
 from mlvos.data.natural_sprites import colour_transfer, cut_out, lab_stats
 from mlvos.data.photos import PhotoLibrary
-from mlvos.errors import InputError
+from mlvos.errors import InputError, PlacementError
 
 # the hard cases a sequence can be forced to contain (and measure_attributes reports)
 ATTRIBUTES = ("small", "fast", "occluded", "distractor", "camouflage", "exit")
@@ -24,10 +24,6 @@ def as_generator(rng_or_seed) -> np.random.Generator:
     if isinstance(rng_or_seed, np.random.Generator):
         return rng_or_seed
     return np.random.default_rng(rng_or_seed)
-
-
-class PlacementError(InputError):
-    """No object of a drawn scene stays visible in the frame (a rare draw at small sizes)."""
 
 
 class NaturalSequence:

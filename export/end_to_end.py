@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mlvos.data.metrics import label_map_iou
+from mlvos.runtime.spec import Precision
 
 BARS = {"fp32": 0.995, "fp16": 0.99}
 UNTRAINED_STAGES = ("init", "imagenet")
@@ -75,7 +76,7 @@ def validate_end_to_end(
         "comparisons": {},
     }
     failures: list[str] = []
-    precisions = [p for p in ("fp32", "fp16", "int8") if p in _precisions(manifest)]
+    precisions = [p for p in Precision.GRAPHS if p in _precisions(manifest)]
     for precision in precisions:
         with open_runner(export_dir, backend="ort", precision=precision) as runner:
             result = compare(_propagate(runner, video, mem_every))

@@ -26,7 +26,7 @@ Policy (every FP32 node is listed with its reason in the manifest, "fp32_nodes")
     same rule); the kernel's positions are integers (exact up to 2048 in FP16) and a squared
     distance that overflows to inf becomes -inf, which the KERNEL_LOG_FLOOR clamp
     (model/memory.py) turns back into -500 per axis, so the kernel term lies in [-1000, 0].
-Graph I/O dtypes follow io_spec.FP16_TENSORS (AutoCast runs with keep_io_types, then
+Graph I/O dtypes follow spec.Precision.HALF_IO (AutoCast runs with keep_io_types, then
 onnx_utils.retype_io switches the chosen I/O to float16 without extra Casts).
 """
 

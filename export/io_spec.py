@@ -7,16 +7,8 @@ and "H/4", "W/8", ... for feature maps; fixed dims are ints. With a static expor
 
 from __future__ import annotations
 
-from mlvos.runtime.spec import Dim, Graph, TensorSpec
+from mlvos.runtime.spec import Dim, Graph, Precision, TensorSpec
 from mlvos.runtime.spec import Tensor as T
-
-# Graph I/O that an fp16 export carries as float16. Everything else keeps its fp32-export dtype:
-# frame uint8; probs, bank_valid, logits, obj_probs float32 (probabilities and the validity mask
-# feed FP32 math; logits/obj_probs come out of the FP32 soft aggregation); labels uint8. Query
-# features and the memory bank are float16, which halves the bank's memory and bandwidth.
-FP16_TENSORS: frozenset[str] = frozenset(
-    {T.QUERY_KEY, T.QUERY_VALUE, T.SKIP8, T.SKIP4, T.MEM_KEY, T.MEM_VALUE, T.BANK_KEY, T.BANK_VALUE}
-)
 
 
 def _frac(dim: Dim, div: int) -> Dim:
@@ -47,9 +39,7 @@ def graph_io(
     f16 = (_frac(h, 16), _frac(w, 16))
 
     def spec(name: str, dtype: str, *shape: Dim) -> TensorSpec:
-        if precision == "fp16" and name in FP16_TENSORS:
-            dtype = "float16"
-        return TensorSpec(name, dtype, tuple(shape))
+        return TensorSpec(name, Precision.io_dtype(precision, name, dtype), tuple(shape))
 
     frame = spec(T.FRAME, "uint8", 1, 3, h, w)
     query = [

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from mlvos.runtime.spec import FEATURE_STRIDE  # noqa: F401 - re-exported for export modules
+from mlvos.runtime.spec import (
+    FEATURE_STRIDE,  # noqa: F401 - re-exported for export modules
+    Precision,
+)
 
-# Graph precisions an export can hold. fp16 = strongly typed mixed precision (see fp16.py).
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
-DEFAULT_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+# Graph precisions `mlvos export` writes (spec.Precision), and its default.
+PRECISIONS: tuple[str, ...] = Precision.EXPORTED
+DEFAULT_PRECISIONS: tuple[str, ...] = Precision.EXPORTED
 # TensorRT 10.3 (JetPack 6.1/6.2) parses opsets 9..20; 17 is what the TorchScript exporter and
 # AutoCast both handle natively.
 DEFAULT_OPSET: int = 17

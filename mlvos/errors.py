@@ -23,6 +23,11 @@ class DatasetError(MlvosError):
     """A dataset folder is missing files or holds files of the wrong kind or size."""
 
 
+class PlacementError(InputError):
+    """No object of a drawn natural scene stays visible in the frame (a rare draw at small
+    sizes; data.natural.placed_sequence redraws)."""
+
+
 class MissingDependencyError(MlvosError, ImportError):
     """An optional dependency is not installed; the message names the pip extra to install."""
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from mlvos.errors import InputError, MlvosError, require
+from mlvos.errors import InputError, require
+from mlvos.profiling.errors import MacCountError
 from mlvos.runtime.manifest import Manifest
 from mlvos.runtime.spec import Graph
 
@@ -46,10 +47,6 @@ UNCOUNTED_HEAVY = ("Einsum", "Attention", "MultiHeadAttention", "LSTM", "GRU", "
 _FOLD_MAX_ELEMENTS = 4096
 _MAX_ROUNDS = 32
 _DIM = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:([*/])\s*(\d+))?\s*$")
-
-
-class MacCountError(MlvosError):
-    """A graph's MACs cannot be counted (unbound dims, shapes that do not resolve)."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from mlvos.profiling.probes import (
     timer_for,
 )
 from mlvos.profiling.report import REPORT_FORMAT, REPORT_VERSION
-from mlvos.runtime.spec import DEFAULT_MEM_EVERY, TIMED_STAGES, padded_size
+from mlvos.runtime.spec import DEFAULT_MEM_EVERY, MIN_SIDE, TIMED_STAGES, padded_size
 
 __all__ = [
     "FLATNESS_START",
@@ -75,8 +75,8 @@ def parse_resolution(text: str) -> tuple[str, int, int]:
         raise InputError(
             f"resolution {text!r} is not one of {', '.join(RESOLUTIONS)} or HEIGHTxWIDTH"
         ) from None
-    if h < 32 or w < 32:
-        raise InputError(f"resolution {text!r}: both sides must be >= 32")
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise InputError(f"resolution {text!r}: both sides must be >= {MIN_SIDE}")
     return (f"{h}x{w}", h, w)
 
 

@@ -23,18 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlvos.errors import MlvosError
 from mlvos.fileio import atomic_write_text, sha256_file, stable_json
+from mlvos.runtime.errors import ManifestError
 from mlvos.runtime.spec import Graph, TensorSpec
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "mlvos-export"
 MANIFEST_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-class ManifestError(MlvosError):
-    """An export directory is missing, incomplete, tampered with or of an unknown format."""
 
 
 def graph_file(graph: str, precision: str) -> str:

@@ -82,6 +82,32 @@ class Tensor:
     LABELS = "labels"  # (H, W) uint8 argmax slot: 0 = background, k = k-th object
 
 
+class Precision:
+    """Graph precisions and the I/O dtypes of each: the one list export, calib, the backends and
+    the CLIs read."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"  # strongly typed mixed precision (export/fp16.py)
+    INT8 = "int8"  # Q/DQ graphs from `mlvos calib` (I/O as fp32)
+    BF16 = "bf16"  # the torch backend only
+    GRAPHS: tuple[str, ...] = (FP32, FP16, INT8)  # what an export directory can hold
+    EXPORTED: tuple[str, ...] = (FP32, FP16)  # what `mlvos export` writes
+    TORCH: tuple[str, ...] = (FP32, FP16, BF16)  # what the torch backend runs
+    # I/O that an fp16 graph carries as float16; everything else keeps its fp32 dtype: frame
+    # uint8; probs, bank_valid, logits, obj_probs float32 (probabilities and the validity mask
+    # feed FP32 math; logits/obj_probs come out of the FP32 soft aggregation); labels uint8.
+    # Query features and the memory bank in float16 halve the bank's memory and bandwidth.
+    HALF_IO: frozenset[str] = frozenset({
+        Tensor.QUERY_KEY, Tensor.QUERY_VALUE, Tensor.SKIP8, Tensor.SKIP4,
+        Tensor.MEM_KEY, Tensor.MEM_VALUE, Tensor.BANK_KEY, Tensor.BANK_VALUE,
+    })
+
+    @classmethod
+    def io_dtype(cls, precision: str, tensor: str, fp32_dtype: str) -> str:
+        """numpy dtype name of graph I/O `tensor` at `precision`, given its fp32 dtype."""
+        return "float16" if precision == cls.FP16 and tensor in cls.HALF_IO else fp32_dtype
+
+
 # A tensor dim: an int where fixed, else a symbol: "O" (objects), "H", "W" (padded frame size) or
 # a fraction of one, "H/16", "W/4", ... (feature maps).
 Dim = int | str
@@ -162,3 +188,49 @@ def frame_to_input(frame: np.ndarray, pad: Padding) -> np.ndarray:
 
     The one place a frame becomes a network input (predictor, profiling and checks use it)."""
     return pad_array(np.ascontiguousarray(frame.transpose(2, 0, 1)), pad)[None]
+
+
+# ---------------------------------------------------------------- resizing (numpy only: no OpenCV
+# or PIL on the device)
+def _axis_weights(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # Half-pixel centers, as OpenCV/PyTorch bilinear (align_corners=False).
+    x = (np.arange(dst, dtype=np.float32) + 0.5) * (src / dst) - 0.5
+    x = np.clip(x, 0, src - 1)
+    i0 = np.floor(x).astype(np.int64)
+    i1 = np.minimum(i0 + 1, src - 1)
+    return i0, i1, (x - i0).astype(np.float32)
+
+
+def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, C) uint8 -> (height, width, C) uint8, bilinear with half-pixel centers."""
+    h, w = img.shape[:2]
+    if (h, w) == (height, width):
+        return img
+    r0, r1, rw = _axis_weights(h, height)
+    c0, c1, cw = _axis_weights(w, width)
+    x = img.astype(np.float32)
+    rows = x[r0] * (1 - rw)[:, None, None] + x[r1] * rw[:, None, None]
+    out = rows[:, c0] * (1 - cw)[None, :, None] + rows[:, c1] * cw[None, :, None]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W) label map -> (height, width), nearest neighbour (never invents ids)."""
+    h, w = labels.shape[:2]
+    if (h, w) == (height, width):
+        return labels
+    rows = np.minimum(((np.arange(height) + 0.5) * (h / height)).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * (w / width)).astype(np.int64), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def internal_size(height: int, width: int, max_side: int | None,
+                  scale: float = 1.0) -> tuple[int, int]:
+    """Size the network sees: the frame scaled by `scale`, then down so that its longer side is
+    at most `max_side` (if given)."""
+    if scale != 1.0:
+        height, width = max(1, round(height * scale)), max(1, round(width * scale))
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    s = max_side / max(height, width)
+    return max(1, round(height * s)), max(1, round(width * s))

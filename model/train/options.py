@@ -12,6 +12,7 @@ from typing import Any
 from mlvos.errors import CheckpointError, InputError
 from mlvos.model.train.losses import LOSSES
 from mlvos.model.train.schedule import PAPER_LR, SCHEDULES
+from mlvos.runtime.spec import MIN_SIDE
 
 TRAINING_STAGES = ("pretrain", "main", "finetune")
 
@@ -153,8 +154,8 @@ class TrainOptions:
             if not isinstance(v, int) or v < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive integer, "
                                  f"received {v!r}")
-        if self.size < 32:
-            raise InputError(f"--size must be >= 32 (the network stride is up to 32), "
+        if self.size < MIN_SIDE:
+            raise InputError(f"--size must be >= {MIN_SIDE} (the network stride is up to 32), "
                              f"received {self.size}")
         lo, hi = self.max_skip
         if lo < 1 or hi < lo:

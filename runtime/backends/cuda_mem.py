@@ -17,17 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from mlvos.errors import MissingDependencyError, MlvosError
+from mlvos.errors import MissingDependencyError
+from mlvos.runtime.errors import CudaError, NoCudaDeviceError
 
 _RT: Any = None
-
-
-class CudaError(MlvosError):
-    """A CUDA runtime call failed; the message names the call and CUDA's error."""
-
-
-class NoCudaDeviceError(CudaError):
-    """No usable CUDA device (no GPU, no driver, or a driver too old for the CUDA runtime)."""
 
 
 def cudart() -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mlvos.errors import InputError, require
-from mlvos.runtime.spec import FEATURE_STRIDE
+from mlvos.runtime.spec import FEATURE_STRIDE, Precision
 from mlvos.runtime.spec import Tensor as T
 
 
@@ -43,8 +43,10 @@ class TorchRunner:
         torch = require("torch", "train", "the torch backend")
         from mlvos.model.checkpoint import load_model, with_read_options
 
-        if precision not in ("fp32", "fp16", "bf16"):
-            raise InputError(f"the torch backend runs fp32, fp16 or bf16, got {precision!r}")
+        if precision not in Precision.TORCH:
+            raise InputError(
+                f"the torch backend runs {', '.join(Precision.TORCH)}, got {precision!r}"
+            )
         if precision == "fp16" and not device.startswith("cuda"):
             raise InputError("fp16 on the torch backend needs --device cuda (CPU fp16 is emulated)")
         self.torch = torch

@@ -203,3 +203,10 @@ def test_cli_parses_into_calibrate(monkeypatch):
     assert seen["kw"]["samples"] == 8 and seen["kw"]["method"] == "ort"
     assert seen["kw"]["keep_fp32"] == ["first_conv", "attention"]
     assert seen["kw"]["mem_every"] == 5
+
+
+def test_calib_precision_is_the_specs():
+    from mlvos.calib.options import PRECISION
+    from mlvos.runtime.spec import Precision
+
+    assert PRECISION == Precision.INT8 and PRECISION in Precision.GRAPHS

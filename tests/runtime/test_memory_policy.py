@@ -1,6 +1,6 @@
 import pytest
 
-from mlvos.runtime.memory import ANNOTATED, PERIODIC, TEMP, MemoryPolicy
+from mlvos.runtime.predictor import ANNOTATED, PERIODIC, TEMP, MemoryPolicy
 
 
 def _run(capacity, n, mem_every, annotated=(0,)):

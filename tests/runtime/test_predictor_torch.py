@@ -12,8 +12,14 @@ from mlvos.model.registry import build_model  # noqa: E402
 from mlvos.runtime.backends.ensemble import EnsembleRunner  # noqa: E402
 from mlvos.runtime.backends.torch_backend import TorchRunner  # noqa: E402
 from mlvos.runtime.loader import open_runner  # noqa: E402
-from mlvos.runtime.memory import ANNOTATED, PERIODIC, TEMP, MemoryPolicy  # noqa: E402
-from mlvos.runtime.predictor import VideoPredictor, propagate  # noqa: E402
+from mlvos.runtime.predictor import (  # noqa: E402  # noqa: E402
+    ANNOTATED,
+    PERIODIC,
+    TEMP,
+    MemoryPolicy,
+    VideoPredictor,
+    propagate,
+)
 from mlvos.runtime.spec import padding_for  # noqa: E402
 
 

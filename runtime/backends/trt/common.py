@@ -1,20 +1,13 @@
-"""What every module of the TensorRT backend shares: its errors, the lazy TensorRT import and the
-default log."""
+"""What every module of the TensorRT backend shares: its errors (defined in runtime.errors), the
+lazy TensorRT import and the default log."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-from mlvos.errors import MlvosError, require
-
-
-class TrtError(MlvosError):
-    """Building, loading or running a TensorRT engine failed."""
-
-
-class EngineCacheError(TrtError):
-    """A cached engine is missing, stale or foreign and building was not allowed."""
+from mlvos.errors import require
+from mlvos.runtime.errors import EngineCacheError, TrtError  # noqa: F401 - the package's errors
 
 
 def _stderr(msg: str) -> None:

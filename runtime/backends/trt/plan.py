@@ -13,9 +13,9 @@ from typing import Any
 
 from mlvos.errors import InputError
 from mlvos.runtime.manifest import GraphInfo, Manifest
-from mlvos.runtime.spec import MAX_OBJECT_ID, MIN_SIDE, padded_size, resolve_shape
+from mlvos.runtime.spec import MAX_OBJECT_ID, MIN_SIDE, Precision, padded_size, resolve_shape
 
-PRECISIONS: tuple[str, ...] = ("fp16", "int8", "fp32")
+PRECISIONS: tuple[str, ...] = Precision.GRAPHS
 FP16_RECIPES: tuple[str, ...] = ("auto", "strong", "flag")
 # Strong typing covers every layer from 10.12 on (NVIDIA's strong-typing migration notes).
 STRONG_TYPING_COMPLETE = (10, 12)
