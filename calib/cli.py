@@ -117,3 +117,7 @@ def main(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     return 0
+
+
+# name -> register function; mlvos.cli adds it to `mlvos` in pipeline order.
+SUBCOMMANDS = {"calib": register}

@@ -5,7 +5,7 @@ Submodules are imported on demand so `import mlvos.data` stays light (no torch, 
   mlvos.data.datasets  DAVIS / YouTube-VOS / static image+mask readers   (numpy, pillow)
   mlvos.data.clips     training clips: static-image simulation, video sampling (numpy, cv2)
   mlvos.data.metrics, mlvos.data.evaluate   J&F evaluation
-  mlvos.data.cli       `mlvos data synth|check`
+  mlvos.data.cli       `mlvos data synth|photos|vtest|check` and `mlvos eval`
 
 Palette PNG masks and RGB frames are read and written by mlvos.palette (shared with the runtime).
 """

@@ -95,3 +95,7 @@ def main(args: argparse.Namespace) -> int:
         read_kernel=args.read_kernel,
     )
     return 0
+
+
+# name -> register function; mlvos.cli adds it to `mlvos` in pipeline order.
+SUBCOMMANDS = {"export": register}

@@ -1,9 +1,11 @@
-"""`mlvos` command line: one entry point, one subcommand per module.
+"""`mlvos` command line: the entry point, and the root package's own subcommands (`demo`, `env`).
 
-Each subcommand module exposes `register(subparsers)`, which adds its parser and sets
-`func=<main(args) -> int>`. Subcommand modules import only argparse at module level and do heavy
-imports (torch, onnx, ...) inside `main`, so `mlvos <anything> --help` is instant and works without
-optional dependencies.
+Every package has one CLI module, `<package>/cli.py`, whose `SUBCOMMANDS` maps each subcommand
+name to a `register(subparsers)` function that adds its parser and sets
+`func=<main(args) -> int>`. `COMMANDS` below says which module registers each subcommand, in
+pipeline order (the order of `mlvos --help`). CLI modules import only argparse and light constants
+at module level and do heavy imports (torch, onnx, ...) inside their `main` functions, so
+`mlvos <anything> --help` is instant and works without optional dependencies.
 """
 
 from __future__ import annotations
@@ -16,21 +18,73 @@ import sys
 from mlvos import __version__
 from mlvos.errors import MlvosError
 
-# name -> module that registers it. Order = order in `mlvos --help`.
+# name -> CLI module that registers it (in its SUBCOMMANDS), in pipeline order = `mlvos --help`.
 COMMANDS: dict[str, str] = {
-    "env": "mlvos.envinfo",
-    "model": "mlvos.model.cli",
     "data": "mlvos.data.cli",
-    "eval": "mlvos.data.eval_cli",
-    "infer": "mlvos.model.infer_cli",
-    "train": "mlvos.model.train_cli",
+    "train": "mlvos.model.cli",
+    "infer": "mlvos.model.cli",
+    "eval": "mlvos.data.cli",
+    "model": "mlvos.model.cli",
     "export": "mlvos.export.cli",
-    "run": "mlvos.runtime.cli",
-    "engine": "mlvos.runtime.engine_cli",
     "calib": "mlvos.calib.cli",
+    "engine": "mlvos.runtime.cli",
+    "run": "mlvos.runtime.cli",
     "profile": "mlvos.profiling.cli",
-    "demo": "mlvos.demo",
+    "demo": "mlvos.cli",
+    "env": "mlvos.cli",
 }
+
+
+def register_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="natural + synthetic videos -> train tiny -> export -> ORT -> J&F"
+    )
+    p.add_argument("--cache", default=".cache/demo", help="cache folder (data, checkpoint, export)")
+    p.add_argument("--sequences", type=int, default=3,
+                   help="synthetic validation videos (3; the natural set has --natural)")
+    p.add_argument("--natural", type=int, default=4,
+                   help="natural validation videos (4: the first 4 of the standard natural set)")
+    p.add_argument("--frames", type=int, default=25, help="frames per validation video (25)")
+    p.add_argument("--seed", type=int, default=2026, help="seed of the synthetic videos (2026)")
+    p.add_argument("--natural-seed", type=int, default=2027,
+                   help="seed of the natural videos (2027, the standard natural validation set)")
+    p.add_argument("--photos", default=None, metavar="DIR",
+                   help="photo folder (default: $MLVOS_PHOTOS or ~/.cache/mlvos/photos, "
+                   "installed on first use); training uses its train split, the natural "
+                   "validation videos its val split")
+    p.add_argument("--train-minutes", type=float, default=4.0, help="training budget (first run)")
+    p.add_argument("--retrain", action="store_true", help="ignore the cached checkpoint")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime")
+    p.set_defaults(func=main_demo)
+
+
+def main_demo(args: argparse.Namespace) -> int:
+    from mlvos.demo import run_demo
+
+    run_demo(cache=args.cache, sequences=args.sequences, natural=args.natural,
+             frames=args.frames, seed=args.seed, natural_seed=args.natural_seed,
+             photos=args.photos, train_minutes=args.train_minutes, retrain=args.retrain,
+             threads=args.threads)
+    return 0
+
+
+def register_env(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "env", help="print versions of python, numpy, torch, onnx, ORT, TensorRT, GPU"
+    )
+    p.set_defaults(func=main_env)
+
+
+def main_env(args: argparse.Namespace) -> int:
+    from mlvos.envinfo import collect
+
+    for k, v in collect().items():
+        print(f"{k + ':':<24}{v}")
+    return 0
+
+
+# name -> register function of the root package's own subcommands.
+SUBCOMMANDS = {"demo": register_demo, "env": register_env}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mlvos {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for module in COMMANDS.values():
-        importlib.import_module(module).register(sub)
+    for name, module in COMMANDS.items():
+        importlib.import_module(module).SUBCOMMANDS[name](sub)
     return parser
 
 
@@ -64,5 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# `python -m mlvos.cli ...` is `mlvos ...`; torchrun launches DDP training this way
+# (`torchrun --nproc_per_node N -m mlvos.cli train ...`).
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,5 @@
-"""`mlvos demo` (what `make demo` runs): the whole product on this CPU in a few minutes.
+"""The `mlvos demo` pipeline (what `make demo` runs): the whole product on this CPU in a few
+minutes.
 
 1. make two small validation sets with exact ground truth (DAVIS layout): natural-looking videos
    from the held-out validation photographs (installed from Debian packages on first use) and
@@ -8,41 +9,45 @@
 4. propagate the first-frame masks with the onnxruntime backend,
 5. print J&F next to the copy-first-mask baseline on each set, and FPS.
 
-Everything is cached under --cache (default .cache/demo), so a second run only repeats 4-5.
+Everything is cached under `cache` (`mlvos demo --cache`, default .cache/demo), so a second run
+only repeats 4-5.
 """
 
 from __future__ import annotations
 
-import argparse
+from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo", help="natural + synthetic videos -> train tiny -> export -> ORT -> J&F"
-    )
-    p.add_argument("--cache", default=".cache/demo", help="cache folder (data, checkpoint, export)")
-    p.add_argument("--sequences", type=int, default=3,
-                   help="synthetic validation videos (3; the natural set has --natural)")
-    p.add_argument("--natural", type=int, default=4,
-                   help="natural validation videos (4: the first 4 of the standard natural set)")
-    p.add_argument("--frames", type=int, default=25, help="frames per validation video (25)")
-    p.add_argument("--seed", type=int, default=2026, help="seed of the synthetic videos (2026)")
-    p.add_argument("--natural-seed", type=int, default=2027,
-                   help="seed of the natural videos (2027, the standard natural validation set)")
-    p.add_argument("--photos", default=None, metavar="DIR",
-                   help="photo folder (default: $MLVOS_PHOTOS or ~/.cache/mlvos/photos, "
-                   "installed on first use); training uses its train split, the natural "
-                   "validation videos its val split")
-    p.add_argument("--train-minutes", type=float, default=4.0, help="training budget (first run)")
-    p.add_argument("--retrain", action="store_true", help="ignore the cached checkpoint")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime")
-    p.set_defaults(func=main)
+def run_demo(
+    *,
+    cache: str | Path,
+    sequences: int,
+    natural: int,
+    frames: int,
+    seed: int,
+    natural_seed: int,
+    photos: str | None,
+    train_minutes: float,
+    retrain: bool,
+    threads: int | None,
+) -> None:
+    """Run the five steps above, printing progress and the J&F / FPS table to stdout.
 
-
-def main(args: argparse.Namespace) -> int:
+    Args:
+        cache: folder for the validation sets, checkpoint (tiny.pt), export and predictions.
+        sequences: synthetic validation videos.
+        natural: natural validation videos.
+        frames: frames per validation video.
+        seed: seed of the synthetic videos.
+        natural_seed: seed of the natural videos.
+        photos: photo folder; None = $MLVOS_PHOTOS or ~/.cache/mlvos/photos (installed on
+            first use). Training uses its train split, the natural videos its val split.
+        train_minutes: training budget when the cached checkpoint cannot be reused.
+        retrain: train again even if the cached checkpoint matches.
+        threads: CPU threads for onnxruntime (None = its default).
+    """
     import json
     import time
-    from pathlib import Path
 
     import numpy as np
 
@@ -57,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     from mlvos.runtime.manifest import Manifest
     from mlvos.runtime.predictor import VideoPredictor
 
-    cache = Path(args.cache)
+    cache = Path(cache)
     ckpt = cache / "tiny.pt"
     export_dir = cache / "export"
     t_start = time.perf_counter()
@@ -65,30 +70,30 @@ def main(args: argparse.Namespace) -> int:
     def step(msg: str) -> None:
         print(f"[demo {time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
 
-    photos_dir = resolve_photos_dir(args.photos)
-    natural = cache / f"natural-{args.natural}x{args.frames}-s{args.natural_seed}"
-    synth = cache / f"val-{args.sequences}x{args.frames}-s{args.seed}"
-    sets = {"natural": natural, "synthetic": synth}
-    if not natural.exists():
-        step(f"1/5 making {args.natural} natural videos x {args.frames} frames -> {natural}")
-        make_natural_dataset(natural, PhotoLibrary(photos_dir, split="val"),
-                             sequences=args.natural, frames=args.frames, seed=args.natural_seed,
+    photos_dir = resolve_photos_dir(photos)
+    natural_dir = cache / f"natural-{natural}x{frames}-s{natural_seed}"
+    synth_dir = cache / f"val-{sequences}x{frames}-s{seed}"
+    sets = {"natural": natural_dir, "synthetic": synth_dir}
+    if not natural_dir.exists():
+        step(f"1/5 making {natural} natural videos x {frames} frames -> {natural_dir}")
+        make_natural_dataset(natural_dir, PhotoLibrary(photos_dir, split="val"),
+                             sequences=natural, frames=frames, seed=natural_seed,
                              progress=True)
-    if not synth.exists():
-        step(f"1/5 making {args.sequences} synthetic videos x {args.frames} frames -> {synth}")
+    if not synth_dir.exists():
+        step(f"1/5 making {sequences} synthetic videos x {frames} frames -> {synth_dir}")
         make_synthetic_dataset(
-            synth, sequences=args.sequences, frames=args.frames, seed=args.seed, progress=True
+            synth_dir, sequences=sequences, frames=frames, seed=seed, progress=True
         )
-    step(f"1/5 validation videos ready: {natural}, {synth}")
+    step(f"1/5 validation videos ready: {natural_dir}, {synth_dir}")
 
     from mlvos.model.train.demo import is_cached_demo_model, train_demo_model
 
     # A checkpoint of an older recipe (or other minutes/photos) is retrained, not reused.
-    if args.retrain or not is_cached_demo_model(ckpt, minutes=args.train_minutes,
-                                                photos=str(photos_dir)):
-        step(f"2/5 training tiny for {args.train_minutes:g} min on natural + synthetic clips "
+    if retrain or not is_cached_demo_model(ckpt, minutes=train_minutes,
+                                           photos=str(photos_dir)):
+        step(f"2/5 training tiny for {train_minutes:g} min on natural + synthetic clips "
              f"-> {ckpt}")
-        train_demo_model(ckpt, minutes=args.train_minutes, photos=str(photos_dir), force=True)
+        train_demo_model(ckpt, minutes=train_minutes, photos=str(photos_dir), force=True)
     else:
         step(f"2/5 reusing checkpoint {ckpt} (--retrain to train again)")
 
@@ -114,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
 
     step("4/5 propagating with onnxruntime (CPU)")
     n_frames, busy = 0, 0.0
-    with open_runner(export_dir, backend="ort", threads=args.threads) as runner:
+    with open_runner(export_dir, backend="ort", threads=threads) as runner:
         for name, data in sets.items():
             with atomic_dir(cache / f"pred-ort-{name}", force=True) as out:
                 for seq in DavisDataset(data, split="val"):
@@ -140,7 +145,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"{name:<10} {'tiny, ONNX fp32 on onnxruntime CPU':<34} " + _fmt(ours))
     print(f"\n{n_frames} frames, {fps:.2f} FPS in the predictor (480p); "
           f"total demo time {time.perf_counter() - t_start:.0f} s")
-    return 0
 
 
 def _fmt(s: dict[str, float]) -> str:

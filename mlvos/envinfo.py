@@ -1,20 +1,13 @@
-"""`mlvos env`: versions and hardware, for bug reports. Never crashes on a missing package."""
+"""Versions and hardware, for bug reports (`mlvos env`) and profiling reports. Never crashes on a
+missing package."""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import platform
 import shutil
 import subprocess
 import sys
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "env", help="print versions of python, numpy, torch, onnx, ORT, TensorRT, GPU"
-    )
-    p.set_defaults(func=main)
 
 
 def _version(module: str) -> str:
@@ -77,9 +70,3 @@ def collect() -> dict[str, str]:
         pass
     info["gpu"] = _nvidia_smi()
     return info
-
-
-def main(args: argparse.Namespace) -> int:
-    for k, v in collect().items():
-        print(f"{k + ':':<24}{v}")
-    return 0

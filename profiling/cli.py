@@ -285,3 +285,7 @@ def main_gpu_check(args: argparse.Namespace) -> int:
         cudnn_benchmark=args.cudnn_benchmark,
     )
     return 0 if report.get("status") == "ok" else 1
+
+
+# name -> register function; mlvos.cli adds it to `mlvos` in pipeline order.
+SUBCOMMANDS = {"profile": register}

@@ -12,7 +12,7 @@ from mlvos.errors import DatasetError, InputError
 
 def _run(argv):
     parser = argparse.ArgumentParser(prog="mlvos")
-    cli.register(parser.add_subparsers(dest="command"))
+    cli.register_data(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,4 +1,4 @@
-"""mlvos.data.metrics / evaluate / eval_cli against a port of the official DAVIS 2017 code."""
+"""mlvos.data.metrics / evaluate / `mlvos eval` against a port of the official DAVIS 2017 code."""
 
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def test_infer_cli_applies_read_overrides(tiny_ckpt, tmp_path, monkeypatch):
     import numpy as np
 
     from mlvos.data.synth import make_synthetic_dataset
-    from mlvos.model import infer_cli
+    from mlvos.model import cli
     from mlvos.runtime import predictor
 
     _, path = tiny_ckpt
@@ -179,7 +179,7 @@ def test_infer_cli_applies_read_overrides(tiny_ckpt, tmp_path, monkeypatch):
 
     monkeypatch.setattr(predictor, "propagate", fake_propagate)
     parser = argparse.ArgumentParser()
-    infer_cli.register(parser.add_subparsers())
+    cli.register_infer(parser.add_subparsers())
     base = ["infer", "--checkpoint", str(path), "--data", str(data)]
     with torch.enable_grad():  # restored on exit: `mlvos infer` disables autograd globally
         args = parser.parse_args([*base, "--out", str(tmp_path / "a"), "--read-topk", "20",

@@ -14,13 +14,18 @@ import numpy as np
 import pytest
 import torch
 
+from mlvos.cli import main
 from mlvos.data.synth import make_synthetic_dataset
 from mlvos.model.checkpoint import load_model, read_checkpoint
-from mlvos.model.train_cli import run
 from mlvos.palette import read_mask, write_frame
 
 FAST = ["--variant", "tiny", "--size", "64", "--batch", "2", "--lr", "1e-3", "--log-every",
         "1", "--threads", "2"]
+
+
+def run(argv: list[str]) -> int:
+    """`mlvos train ARGV`, in this process."""
+    return main(["train", *argv])
 
 
 def _log(out: Path) -> list[dict]:
@@ -100,7 +105,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
               *FAST]
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "mlvos.model.train_cli", *common,
+    proc = subprocess.Popen([sys.executable, "-m", "mlvos.cli", "train", *common,
                              "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:

@@ -15,7 +15,7 @@ from mlvos.model.checkpoint import read_checkpoint
 def test_two_process_gloo_training(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "mlvos.model.train_cli", "--stage", "main", "--variant", "tiny",
+           "2", "-m", "mlvos.cli", "train", "--stage", "main", "--variant", "tiny",
            "--size", "64", "--batch", "1", "--steps", "3", "--save-every", "2", "--lr", "1e-3",
            "--log-every", "1", "--device", "cpu", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

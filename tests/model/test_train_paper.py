@@ -6,19 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mlvos.cli import main
 from mlvos.data.synth import synth_clip
 from mlvos.model.checkpoint import read_checkpoint
 from mlvos.model.registry import build_model
 from mlvos.model.train.clip import ClipModel
 from mlvos.model.train.data import first_frame_masks
-from mlvos.model.train_cli import run
 
 
 def test_paper_variant_trainer_smoke(tmp_path):
     out = tmp_path / "paper"
-    assert run(["--stage", "main", "--variant", "paper", "--out", str(out), "--size", "64",
-                "--batch", "1", "--max-objects", "1", "--steps", "2", "--lr", "1e-5",
-                "--log-every", "1", "--threads", "2"]) == 0
+    assert main(["train", "--stage", "main", "--variant", "paper", "--out", str(out),
+                 "--size", "64", "--batch", "1", "--max-objects", "1", "--steps", "2",
+                 "--lr", "1e-5", "--log-every", "1", "--threads", "2"]) == 0
     state = read_checkpoint(out / "last.pt")
     assert state["variant"] == "paper" and state["iteration"] == 2
 

@@ -128,7 +128,7 @@ def test_backend_imports_and_refuses_cleanly_without_tensorrt_or_cuda(tmp_path):
         + textwrap.dedent(
             f"""
         from mlvos.runtime.backends import cuda_mem, trt
-        from mlvos.runtime import engine_cli
+        from mlvos.runtime import cli
         from mlvos.runtime.manifest import Manifest
         from mlvos.errors import MissingDependencyError
         assert cuda_mem.cuda_device_available() is False
@@ -154,7 +154,7 @@ def test_module_imports_with_tensorrt_blocked():
     r = _run(
         """
         import mlvos.runtime.backends.trt, mlvos.runtime.backends.cuda_mem
-        import mlvos.runtime.engine_cli
+        import mlvos.runtime.cli
         assert "tensorrt" not in sys.modules and "cuda" not in sys.modules
         print("ok")
         """,
@@ -192,15 +192,15 @@ def test_no_gpu_with_cuda_python_installed(tmp_path):
 
 
 def test_engine_cli_help():
-    from mlvos.runtime import engine_cli
+    from mlvos.runtime import cli
 
     parser = argparse.ArgumentParser(prog="mlvos")
-    engine_cli.register(parser.add_subparsers())
+    cli.register_engine(parser.add_subparsers())
     with pytest.raises(SystemExit) as e:
         parser.parse_args(["engine", "--help"])
     assert e.value.code == 0
-    assert engine_cli.PRECISIONS == trt_backend.PRECISIONS
-    assert engine_cli.FP16_RECIPES == trt_backend.FP16_RECIPES
+    assert cli.ENGINE_PRECISIONS == trt_backend.PRECISIONS
+    assert cli.FP16_RECIPES == trt_backend.FP16_RECIPES
 
 
 # ------------------------------------------------------------------------------- pure Python

@@ -690,10 +690,10 @@ def test_cuda_failures_name_the_call(fakes, export_dir, tmp_path):
 
 
 def test_engine_cli_builds_then_reuses(fakes, export_dir, tmp_path, capsys):
-    from mlvos.runtime import engine_cli
+    from mlvos.runtime import cli
 
     parser = argparse.ArgumentParser()
-    engine_cli.register(parser.add_subparsers())
+    cli.register_engine(parser.add_subparsers())
     argv = [
         "engine",
         "--model",
