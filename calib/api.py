@@ -28,8 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlvos.calib.errors import CalibError, MissingFp32Error, QuantizationError, TooFewSamplesError
-from mlvos.calib.options import (
+from mlvos.calib.constants import (
     CACHE_DIR,
     CALIBRATION_FILE,
     CALIBRATION_FORMAT,
@@ -49,6 +48,7 @@ from mlvos.calib.options import (
     PRECISION,
     SELECTIONS,
 )
+from mlvos.calib.errors import CalibError, MissingFp32Error, QuantizationError, TooFewSamplesError
 from mlvos.runtime.manifest import Manifest, graph_entry, graph_file
 from mlvos.runtime.spec import DEFAULT_MEM_EVERY, Graph
 

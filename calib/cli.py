@@ -7,7 +7,6 @@ ModelOpt are imported inside `main`, so `mlvos calib --help` works without them.
 from __future__ import annotations
 
 import argparse
-import os
 
 from mlvos.calib import options
 
@@ -92,8 +91,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    # Passive OpenMP waiting (see mlvos.cli): must be set before torch (imported by ModelOpt).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from mlvos.calib.api import calibrate
     from mlvos.runtime.spec import DEFAULT_MEM_EVERY
 

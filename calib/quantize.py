@@ -46,8 +46,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from mlvos.calib.constants import CANDIDATES
 from mlvos.calib.errors import QuantizationError
-from mlvos.calib.options import CANDIDATES
 from mlvos.errors import require
 from mlvos.export.onnx_utils import find_attention, io_specs, producers_consumers, set_io
 from mlvos.export.wrappers import ReadDecoderGraph

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mlvos.errors import InputError
-from mlvos.export.errors import OutputExistsError, ValidationFailedError
-from mlvos.export.options import (
+from mlvos.export.constants import (
     DEFAULT_OPSET,
     DEFAULT_PRECISIONS,
     FEATURE_STRIDE,
@@ -22,6 +21,7 @@ from mlvos.export.options import (
     PRECISIONS,
     VALIDATION_FILE,
 )
+from mlvos.export.errors import OutputExistsError, ValidationFailedError
 from mlvos.runtime.manifest import CHECKPOINT_FILE, MANIFEST_FILE, Manifest, graph_entry, graph_file
 from mlvos.runtime.spec import DEFAULT_CAPACITY, MIN_SIDE, PIXEL_MEAN, PIXEL_STD, Graph
 
@@ -123,7 +123,7 @@ def export_checkpoint(
         checkpoint: an mlvos checkpoint (mlvos.model.checkpoint.save_checkpoint).
         out: export directory to create.
         capacity: memory-bank slots T of the read_decoder graph (static), >= 2.
-        precisions: subset of options.PRECISIONS.
+        precisions: subset of constants.PRECISIONS.
         size: static padded (H, W), multiples of the model stride; None = dynamic H and W.
         opset: ONNX opset (13..20).
         force: replace an existing `out`.

@@ -7,9 +7,8 @@ are imported inside `main`, so `mlvos export --help` works without them.
 from __future__ import annotations
 
 import argparse
-import os
 
-from mlvos.export.options import DEFAULT_OPSET, DEFAULT_PRECISIONS, PRECISIONS
+from mlvos.export.constants import DEFAULT_OPSET, DEFAULT_PRECISIONS, PRECISIONS
 from mlvos.model.config import add_read_prior_arguments
 
 
@@ -60,10 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from mlvos.errors import InputError
-
-    # libgomp's default active spin-wait made small convolutions ~50x slower on a 2-vCPU machine
-    # (measured); passive waiting costs nothing for large ones. Must be set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args.check:
         overrides = args.read_topk is not None or args.read_kernel is not None
         if args.checkpoint or args.out or overrides:

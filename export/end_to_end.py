@@ -51,8 +51,8 @@ def validate_end_to_end(
         (report section, failures).
     """
     from mlvos.data.synth import synth_sequence
+    from mlvos.runtime.backends import open_runner
     from mlvos.runtime.backends.torch_backend import TorchRunner
-    from mlvos.runtime.loader import open_runner
     from mlvos.runtime.manifest import read_options
 
     export_dir = Path(export_dir)

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from mlvos.export.constants import VALIDATION_FILE, VALIDATION_FORMAT, VALIDATION_VERSION
 from mlvos.export.errors import ValidationFailedError
-from mlvos.export.options import VALIDATION_FILE, VALIDATION_FORMAT, VALIDATION_VERSION
 from mlvos.export.representative import Samples, random_samples, record_propagation
 from mlvos.fileio import atomic_write_text, stable_json
 from mlvos.runtime.manifest import Manifest, read_options

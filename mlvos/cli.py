@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # OpenMP threads that spin-wait make small torch convolutions 50-100x slower on a busy
-    # 2-core machine; passive waiting costs little elsewhere. Must be set before torch loads.
+    # The one place it is set (every command, `python -m mlvos.cli` and torchrun included, runs
+    # through here): OpenMP threads that spin-wait made small torch convolutions 50-100x slower
+    # on a busy 2-core machine (measured); passive waiting costs little elsewhere. Must be set
+    # before torch loads; an explicit OMP_WAIT_POLICY wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)

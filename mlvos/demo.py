@@ -58,7 +58,7 @@ def run_demo(
     from mlvos.data.synth import make_synthetic_dataset
     from mlvos.fileio import atomic_dir, sha256_file
     from mlvos.palette import write_mask
-    from mlvos.runtime.loader import open_runner
+    from mlvos.runtime.backends import open_runner
     from mlvos.runtime.manifest import Manifest
     from mlvos.runtime.predictor import VideoPredictor
 

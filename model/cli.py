@@ -263,12 +263,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 
 def main_train(args: argparse.Namespace) -> int:
     import dataclasses
-    import os
 
-    # Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning threads made
-    # 2-thread training ~4x slower than 1 thread (measured on a loaded 2-core machine).
-    # Effective only before torch is first imported; an explicit OMP_WAIT_POLICY wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from mlvos.model.train.trainer import TrainOptions, train
 
     names = {f.name for f in dataclasses.fields(TrainOptions)}

@@ -7,9 +7,8 @@ commands, so `mlvos profile --help` works without them.
 from __future__ import annotations
 
 import argparse
-import os
 
-from mlvos.runtime.loader import BACKENDS
+from mlvos.runtime.backends import BACKENDS
 
 DEFAULT_RESOLUTIONS = "480p,720p,1080p"
 DEFAULT_OBJECTS = "1,2,4"
@@ -204,10 +203,6 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mlvos.errors import InputError
-
-    # libgomp's active spin-wait slows small torch convolutions on few-core machines (see
-    # export/cli.py); must be set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not args.out or not (args.model or args.checkpoint):
         raise InputError(
             "mlvos profile needs --out DIR and --model DIR (or --checkpoint CKPT); see "
@@ -269,7 +264,6 @@ def main_compare(args: argparse.Namespace) -> int:
 
 
 def main_gpu_check(args: argparse.Namespace) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from mlvos.profiling.gpu_check import run_gpu_check
 
     report = run_gpu_check(

@@ -340,7 +340,7 @@ def run_profile(config: ProfileConfig, *, log: Log | None = print) -> dict[str, 
         InputError: bad sweep values; ManifestError / CheckpointError: bad model.
     """
     from mlvos.envinfo import collect
-    from mlvos.runtime.loader import open_runner
+    from mlvos.runtime.backends import open_runner
 
     config.check()
     log = log or (lambda _msg: None)

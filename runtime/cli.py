@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from mlvos.runtime.loader import BACKENDS
+from mlvos.runtime.backends import BACKENDS
 from mlvos.runtime.spec import Precision
 
 ENGINE_PRECISIONS = Precision.GRAPHS  # = runtime.backends.trt.PRECISIONS
@@ -281,7 +281,7 @@ def main_run(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace):
-    from mlvos.runtime.loader import open_runner
+    from mlvos.runtime.backends import open_runner
 
     return open_runner(args.model, backend=args.backend, precision=args.precision,
                        device=args.device, threads=args.threads, engine_dir=args.engine_dir,

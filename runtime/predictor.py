@@ -155,7 +155,7 @@ class VideoPredictor:
                 labels = predictor.step(frame)          # (H, W) uint8 ids
 
     Args:
-        runner: an opened backend Runner (see runtime.loader.open_runner).
+        runner: an opened backend Runner (see runtime.backends.open_runner).
         mem_every: every `mem_every`-th frame is kept in memory (STM's schedule).
         max_side: if set, frames whose longer side exceeds it are processed at a reduced internal
             size and the label map is resized back (nearest) to the input size.

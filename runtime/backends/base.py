@@ -1,7 +1,8 @@
-"""The backend contract: a loader builds a Runner; the Runner executes the three graphs and owns
-the memory bank on its device. Arrays it returns are backend-native ("device") objects that the
-predictor only passes back; per frame only the input frame goes up and only the label map comes
-back. Annotated frames (rare) may move probabilities to the host and back.
+"""The backend contract: open_runner (backends/__init__.py) builds a Runner; the Runner executes
+the three graphs and owns the memory bank on its device. Arrays it returns are backend-native
+("device") objects that the predictor only passes back; per frame only the input frame goes up
+and only the label map comes back. Annotated frames (rare) may move probabilities to the host
+and back.
 """
 
 from __future__ import annotations

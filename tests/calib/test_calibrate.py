@@ -19,7 +19,7 @@ import pytest
 from onnx import numpy_helper
 
 from mlvos.calib import calibrate
-from mlvos.calib.options import CACHE_DIR, CALIBRATION_FILE
+from mlvos.calib.constants import CACHE_DIR, CALIBRATION_FILE
 from mlvos.export.onnx_utils import producers_consumers
 from mlvos.export.trt_ops import find_unsupported
 from mlvos.fileio import sha256_file
@@ -124,7 +124,7 @@ def test_errors_and_accuracy_recorded(calibrated):
 
 def test_int8_propagation_through_open_runner(calibrated, val_data):
     from mlvos.data.datasets import DavisDataset
-    from mlvos.runtime.loader import open_runner
+    from mlvos.runtime.backends import open_runner
     from mlvos.runtime.predictor import VideoPredictor
 
     export, *_ = calibrated

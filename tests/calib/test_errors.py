@@ -206,7 +206,7 @@ def test_cli_parses_into_calibrate(monkeypatch):
 
 
 def test_calib_precision_is_the_specs():
-    from mlvos.calib.options import PRECISION
+    from mlvos.calib.constants import PRECISION
     from mlvos.runtime.spec import Precision
 
     assert PRECISION == Precision.INT8 and PRECISION in Precision.GRAPHS

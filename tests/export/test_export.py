@@ -19,9 +19,9 @@ import torch
 from mlvos.errors import InputError
 from mlvos.export import check_export, export_checkpoint
 from mlvos.export import cli as export_cli
+from mlvos.export.constants import VALIDATION_FILE
 from mlvos.export.errors import ValidationFailedError
 from mlvos.export.onnx_utils import find_attention, io_specs
-from mlvos.export.options import VALIDATION_FILE
 from mlvos.export.representative import record_propagation
 from mlvos.export.wrappers import build_wrapper
 from mlvos.fileio import sha256_file
@@ -491,7 +491,7 @@ def test_prior_fp16_stays_finite(prior_export, model):
 
 def test_torch_backend_runs_the_exported_read(prior_export):
     # checkpoint.pt has the priors off; the manifest's config has them on.
-    from mlvos.runtime.loader import open_runner
+    from mlvos.runtime.backends import open_runner
 
     with open_runner(prior_export, backend="torch") as runner:
         config = runner.model.config

@@ -26,7 +26,7 @@ from mlvos.profiling import (  # noqa: E402
 )
 from mlvos.profiling import cli as profile_cli  # noqa: E402
 from mlvos.profiling.onnx_macs import MacCountError, graph_macs, stage_macs  # noqa: E402
-from mlvos.runtime.loader import open_runner  # noqa: E402
+from mlvos.runtime.backends import open_runner  # noqa: E402
 from mlvos.runtime.spec import TIMED_STAGES  # noqa: E402
 
 CAPACITY = 4

@@ -52,7 +52,7 @@ def test_predictor_applies_the_prior_on_a_real_export(decisive_export):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
     from mlvos.data.synth import synth_sequence
-    from mlvos.runtime.loader import open_runner
+    from mlvos.runtime.backends import open_runner
     from mlvos.runtime.predictor import VideoPredictor
 
     video = list(synth_sequence(11, 6, 90, 120, num_objects=3))

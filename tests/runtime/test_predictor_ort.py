@@ -9,7 +9,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
 from mlvos.data.metrics import label_map_iou  # noqa: E402
-from mlvos.runtime.loader import open_runner  # noqa: E402
+from mlvos.runtime.backends import open_runner  # noqa: E402
 from mlvos.runtime.manifest import ManifestError  # noqa: E402
 from mlvos.runtime.predictor import VideoPredictor  # noqa: E402
 

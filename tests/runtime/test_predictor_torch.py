@@ -9,9 +9,9 @@ torch = pytest.importorskip("torch")
 from mlvos.errors import InputError  # noqa: E402
 from mlvos.model.checkpoint import save_checkpoint  # noqa: E402
 from mlvos.model.registry import build_model  # noqa: E402
+from mlvos.runtime.backends import open_runner  # noqa: E402
 from mlvos.runtime.backends.ensemble import EnsembleRunner  # noqa: E402
 from mlvos.runtime.backends.torch_backend import TorchRunner  # noqa: E402
-from mlvos.runtime.loader import open_runner  # noqa: E402
 from mlvos.runtime.predictor import (  # noqa: E402  # noqa: E402
     ANNOTATED,
     PERIODIC,
