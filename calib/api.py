@@ -278,7 +278,7 @@ def calibrate(
         method: "modelopt" or "ort" (quantize.py).
         calibrator: "entropy" or "max".
         keep_fp32: ("auto",) measure and choose; ("none",) quantize all; or candidate names
-            (options.CANDIDATES) to keep in FP32.
+            (constants.CANDIDATES) to keep in FP32.
         mem_every: memory period of the propagations (runtime default 5).
         eval_data / eval_split / eval_sequences: validation set for the FP32-vs-INT8 J&F report;
             None skips the report.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from mlvos.calib import options
+from mlvos.calib import constants
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,40 +36,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--samples",
         type=int,
-        default=options.DEFAULT_SAMPLES,
-        help=f"calibration frames (each gives one input set per graph; >= {options.MIN_SAMPLES}; "
+        default=constants.DEFAULT_SAMPLES,
+        help=f"calibration frames (each gives one input set per graph; >= {constants.MIN_SAMPLES}; "
         "default: %(default)s)",
     )
     p.add_argument("--sequences", nargs="+", default=None, help="sequences of --data to use")
     p.add_argument("--split", default="val", help="split of --data (default: %(default)s)")
     p.add_argument(
         "--select",
-        choices=options.SELECTIONS,
-        default=options.DEFAULT_SELECTION,
+        choices=constants.SELECTIONS,
+        default=constants.DEFAULT_SELECTION,
         help="frame selection: evenly spaced or random (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of --select random")
     p.add_argument(
         "--method",
-        choices=options.METHODS,
-        default=options.DEFAULT_METHOD,
+        choices=constants.METHODS,
+        default=constants.DEFAULT_METHOD,
         help="quantizer (default: %(default)s)",
     )
     p.add_argument(
         "--calibrator",
-        choices=options.CALIBRATORS,
-        default=options.DEFAULT_CALIBRATOR,
+        choices=constants.CALIBRATORS,
+        default=constants.DEFAULT_CALIBRATOR,
         help="activation range calibration (default: %(default)s)",
     )
     p.add_argument(
         "--keep-fp32",
         nargs="+",
-        choices=options.KEEP_CHOICES,
-        default=[options.KEEP_AUTO],
+        choices=constants.KEEP_CHOICES,
+        default=[constants.KEEP_AUTO],
         metavar="PART",
-        help=f"parts kept in FP32: '{options.KEEP_AUTO}' (measure each candidate, keep those "
-        f"removing >= {round(100 * options.KEEP_MIN_GAIN)}%% of a graph's error), 'none', or "
-        f"candidates from {', '.join(options.CANDIDATES)} (default: {options.KEEP_AUTO})",
+        help=f"parts kept in FP32: '{constants.KEEP_AUTO}' (measure each candidate, keep those "
+        f"removing >= {round(100 * constants.KEEP_MIN_GAIN)}%% of a graph's error), 'none', or "
+        f"candidates from {', '.join(constants.CANDIDATES)} (default: {constants.KEEP_AUTO})",
     )
     p.add_argument(
         "--mem-every", type=int, default=None, help="memory period of the propagations (5)"

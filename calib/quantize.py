@@ -23,7 +23,7 @@ models. On these graphs (dynamic H/W through Resize) sympy spends 20 s of a 23 s
 the tiny query encoder on it (measured), minutes for the paper variant, and the result is
 discarded: the export wrote exact output shapes (export.onnx_utils.set_io), restored below too.
 
-Candidates kept in FP32 (options.CANDIDATES; nodes found by candidate_nodes):
+Candidates kept in FP32 (constants.CANDIDATES; nodes found by candidate_nodes):
   first_conv   the convolutions reading the network input (normalized pixels, probabilities);
   attention    the memory read: MatMul -> Add(empty-slot bias) -> Softmax -> MatMul;
   aggregation  the soft aggregation (sigmoid, prod, clamp, logit, softmax, argmax);
