@@ -23,9 +23,11 @@ from mlvos.runtime.spec import (
     frame_to_input,
     internal_size,
     pad_array,
+    padded_size,
     padding_for,
     resize_bilinear,
     resize_nearest,
+    unpad_array,
 )
 
 # ----------------------------------------------------------------------------- memory policy
@@ -357,11 +359,7 @@ class VideoPredictor:
                                  f"{self.inner[0]}x{self.inner[1]}; both sides must be >= "
                                  f"{MIN_SIDE}: raise scale or max_side")
             self.pad = padding_for(*self.inner, self.runner.stride)
-            ph, pw = (
-                self.inner[0] + self.pad.top + self.pad.bottom,
-                self.inner[1] + self.pad.left + self.pad.right,
-            )
-            self.padded = (ph, pw)
+            self.padded = padded_size(*self.inner, self.runner.stride)
         elif (h, w) != self.size:
             raise InputError(
                 f"frame {self.t} is {h}x{w} but this video's frames are "
@@ -417,9 +415,5 @@ class VideoPredictor:
             return np.zeros((h, w), np.uint8)
         lut = np.zeros(256, np.uint8)
         lut[1 : len(self.ids) + 1] = self.ids
-        slots = slots[
-            self.pad.top : self.padded[0] - self.pad.bottom,
-            self.pad.left : self.padded[1] - self.pad.right,
-        ]
-        out = lut[slots]
+        out = lut[unpad_array(slots, self.pad)]
         return resize_nearest(out, h, w) if self.inner != self.size else out
