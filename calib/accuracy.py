@@ -9,13 +9,16 @@ so `mlvos eval` can re-score them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-Log = Callable[[str], None]
+from mlvos.logs import stamped
+
+logger = logging.getLogger(__name__)
 
 
 def _propagate(runner, seq, mem_every: int) -> list[np.ndarray]:
@@ -45,7 +48,6 @@ def accuracy_report(
     pred_dir: str | Path,
     *,
     mem_every: int,
-    log: Log | None = None,
 ) -> dict[str, Any]:
     """Propagate `names` of `ds` with each runner ({"fp32": r, "int8": r}, opened), score them.
 
@@ -73,11 +75,10 @@ def accuracy_report(
                     for a, b in zip(labels["fp32"][1:], labels["int8"][1:], strict=True)
                 ]
             frames += len(seq)
-            if log is not None:
-                msg = f"propagated {name} ({len(seq)} frames)"
-                if name in ious:
-                    msg += f": int8 vs fp32 mean IoU {np.mean(ious[name]):.4f}"
-                log(msg)
+            msg = f"propagated {name} ({len(seq)} frames)"
+            if name in ious:
+                msg += f": int8 vs fp32 mean IoU {np.mean(ious[name]):.4f}"
+            logger.info(stamped(msg))
     scores = {
         p: evaluate_folders(ds.mask_dir, pred_dir / p, list(names)).summary() for p in runners
     }

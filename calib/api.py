@@ -22,9 +22,10 @@ temporary names there and removed on failure).
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,11 @@ from mlvos.calib.constants import (
     SELECTIONS,
 )
 from mlvos.calib.errors import CalibError, MissingFp32Error, QuantizationError, TooFewSamplesError
+from mlvos.logs import clock, stamped
 from mlvos.runtime.manifest import Manifest, graph_entry, graph_file
 from mlvos.runtime.spec import DEFAULT_MEM_EVERY, Graph
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 def _check_options(
@@ -137,7 +139,6 @@ def _plan_graph(
     calibrator: str,
     keep_mode: str,
     requested: tuple[str, ...],
-    step: Log,
 ) -> tuple[Any, dict[str, Any]]:
     """Quantize one graph, choosing what stays FP32. Returns (model, report section)."""
     import onnx
@@ -163,10 +164,10 @@ def _plan_graph(
             error = output_error(graph, reference, run_model(model, feeds))
             trials[excluded] = (model, error)
             what = f"{len(excluded)} node(s) FP32" if excluded else "all quantized"
-            step(
+            logger.info(stamped(
                 f"  {graph}: {what}: error {error['score']:.4g} "
                 f"({time.perf_counter() - start:.1f} s)"
-            )
+            ))
         return trials[excluded]
 
     base_model, base_error = trial(frozenset())
@@ -244,6 +245,7 @@ def _finish_graph(model, graph: str, checkpoint_sha256: str) -> dict:
     return summary
 
 
+@clock()  # progress lines (also record's, cache's, accuracy's) start with seconds since here
 def calibrate(
     model: str | os.PathLike,
     data: str | os.PathLike,
@@ -263,7 +265,6 @@ def calibrate(
     eval_sequences: Sequence[str] | None = None,
     force: bool = False,
     threads: int | None = None,
-    log: Log | None = print,
 ) -> dict[str, Any]:
     """Calibrate an export directory to INT8 and register the graphs as precision "int8".
 
@@ -284,7 +285,6 @@ def calibrate(
             None skips the report.
         force: replace int8 graphs the export already holds.
         threads: onnxruntime intra-op threads for the propagations.
-        log: progress sink; None = silent.
 
     Returns:
         The report written to calibration.json.
@@ -294,11 +294,6 @@ def calibrate(
         ManifestError (not an export directory / modified files), UnsupportedOpError.
     """
     start = time.perf_counter()
-
-    def step(msg: str) -> None:
-        if log is not None:
-            log(f"[{time.perf_counter() - start:6.1f}s] {msg}")
-
     keep_mode, requested = _check_options(
         samples=samples,
         method=method,
@@ -346,8 +341,7 @@ def calibrate(
     recorded, reused = cache.load_or_record(
         out / CACHE_DIR,
         key,
-        lambda: record(export_dir, ds, positions, mem_every=mem_every, threads=threads, log=step),
-        log=step,
+        lambda: record(export_dir, ds, positions, mem_every=mem_every, threads=threads),
     )
 
     from mlvos.export.onnx_utils import io_specs, save_model
@@ -360,7 +354,9 @@ def calibrate(
     ckpt_sha = manifest.get("checkpoint", {}).get("sha256", "")
     try:
         for graph in Graph.ALL:
-            step(f"quantizing {graph} ({method}, {calibrator}, {len(recorded)} samples)")
+            logger.info(stamped(
+                f"quantizing {graph} ({method}, {calibrator}, {len(recorded)} samples)"
+            ))
             fp32_path = export_dir / fp32[graph]["file"]
             qmodel, section = _plan_graph(
                 graph,
@@ -370,7 +366,6 @@ def calibrate(
                 calibrator=calibrator,
                 keep_mode=keep_mode,
                 requested=requested,
-                step=step,
             )
             section["qdq"] = _finish_graph(qmodel, graph, ckpt_sha)
             section["tensorrt_ops"] = f"passed (TensorRT {TENSORRT_VERSION} op list)"
@@ -388,7 +383,7 @@ def calibrate(
         accuracy: dict[str, Any] = {"skipped": "no --eval-data given"}
         if eval_data is not None:
             accuracy = _accuracy(
-                export_dir, manifest, new.data, eval_ds, eval_names, out, mem_every, threads, step
+                export_dir, manifest, new.data, eval_ds, eval_names, out, mem_every, threads
             )
         # Commit: the files (no manifest names them yet, unless --force replaces int8 graphs),
         # then the manifest in one atomic rename.
@@ -423,11 +418,11 @@ def calibrate(
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / CALIBRATION_FILE, text)
     for line in summary(report):
-        step(line)
+        logger.info(stamped(line))
     return report
 
 
-def _accuracy(export_dir, manifest, new, ds, names, out, mem_every, threads, step) -> dict:
+def _accuracy(export_dir, manifest, new, ds, names, out, mem_every, threads) -> dict:
     """FP32 vs INT8 propagation over the validation set, the INT8 graphs read from their staged
     files (the manifest on disk is not changed yet)."""
     from mlvos.calib.accuracy import accuracy_report
@@ -435,13 +430,15 @@ def _accuracy(export_dir, manifest, new, ds, names, out, mem_every, threads, ste
     staged = copy.deepcopy(new)
     for graph in Graph.ALL:
         staged["graphs"][graph][PRECISION]["file"] = _stage_name(graph)
-    step(f"accuracy: propagating {len(names)} validation sequence(s) with fp32 and int8")
+    logger.info(stamped(
+        f"accuracy: propagating {len(names)} validation sequence(s) with fp32 and int8"
+    ))
     with (
         OrtRunner(Manifest(export_dir, manifest), "fp32", threads=threads) as r32,
         OrtRunner(Manifest(export_dir, staged), PRECISION, threads=threads) as r8,
     ):
         report = accuracy_report(
-            {"fp32": r32, "int8": r8}, ds, names, out / "pred", mem_every=mem_every, log=step
+            {"fp32": r32, "int8": r8}, ds, names, out / "pred", mem_every=mem_every
         )
     return report
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +24,10 @@ import numpy as np
 
 from mlvos.calib.record import CalibrationData
 from mlvos.fileio import atomic_dir, sha256_file, stable_json
+from mlvos.logs import stamped
 from mlvos.runtime.spec import Graph
+
+logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "mlvos-calib-cache"
 # Bump when what is recorded changes (record.py), so older caches are rebuilt.
@@ -123,16 +127,13 @@ def load_or_record(
     folder: str | os.PathLike,
     key: dict[str, Any],
     produce: Callable[[], CalibrationData],
-    log: Callable[[str], None] | None = None,
 ) -> tuple[CalibrationData, bool]:
     """(data, reused): the cache under `key` if valid, else produce(), saved in its place."""
     data, why = load(folder, key)
     if data is not None:
-        if log is not None:
-            log(f"calibration cache {folder}: reused ({len(data)} samples)")
+        logger.info(stamped(f"calibration cache {folder}: reused ({len(data)} samples)"))
         return data, True
-    if log is not None:
-        log(f"calibration cache {folder}: {why}; recording")
+    logger.info(stamped(f"calibration cache {folder}: {why}; recording"))
     data = produce()
     save(folder, key, data)
     return data, False

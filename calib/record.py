@@ -13,7 +13,8 @@ Frame 0 only writes the annotation into memory, so samples start at t = 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +22,14 @@ import numpy as np
 
 from mlvos.calib.errors import CalibDataError, TooFewSamplesError
 from mlvos.errors import DatasetError
+from mlvos.logs import stamped
 from mlvos.runtime.backends.onnxrt import OrtRunner
 from mlvos.runtime.backends.recording import RecordingRunner
 from mlvos.runtime.spec import MIN_SIDE, padded_size
 
 Feed = dict[str, np.ndarray]
-Log = Callable[[str], None]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,7 +130,6 @@ def record(
     *,
     mem_every: int,
     threads: int | None = None,
-    log: Log | None = None,
 ) -> CalibrationData:
     """Propagate the sequences of `positions` with the FP32 graphs and record the feeds at them.
 
@@ -149,8 +151,9 @@ def record(
                 runner.recording = t in frames
                 pred.step(seq.read_frame(t))
             runner.recording = False
-            if log is not None:
-                log(f"recorded {len(frames)} sample(s) from {name} (frames 0..{max(frames)})")
+            logger.info(stamped(
+                f"recorded {len(frames)} sample(s) from {name} (frames 0..{max(frames)})"
+            ))
     data = CalibrationData(list(positions), runner.feeds)
     for graph, feeds in data.feeds.items():
         if len(feeds) != len(positions):  # a frame where the predictor ran no read (no object)

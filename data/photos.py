@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import zlib
@@ -34,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from mlvos.errors import DatasetError, InputError
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "mlvos-photos"
 FORMAT_VERSION = 1
@@ -268,8 +271,8 @@ def resolve_photos_dir(photos: str | os.PathLike | None, *, progress: bool = Tru
         return p
     d = default_photos_dir()
     if not (d / MANIFEST).is_file():
-        print(f"installing the default photo set into {d} (Debian packages, once; "
-              "set MLVOS_PHOTOS or pass --photos DIR to use another folder)", flush=True)
+        logger.info(f"installing the default photo set into {d} (Debian packages, once; "
+                    "set MLVOS_PHOTOS or pass --photos DIR to use another folder)")
         install_photos(d, progress=progress)
     return d
 

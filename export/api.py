@@ -3,10 +3,11 @@ validation report); `check_export`: re-validate an export directory."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,11 @@ from mlvos.export.constants import (
     VALIDATION_FILE,
 )
 from mlvos.export.errors import OutputExistsError, ValidationFailedError
+from mlvos.logs import clock, stamped
 from mlvos.runtime.manifest import CHECKPOINT_FILE, MANIFEST_FILE, Manifest, graph_entry, graph_file
 from mlvos.runtime.spec import DEFAULT_CAPACITY, MIN_SIDE, PIXEL_MEAN, PIXEL_STD, Graph
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 def _check_options(
@@ -94,6 +96,7 @@ def _attention_note(config) -> str | None:
     )
 
 
+@clock()  # progress lines start with the seconds since the export began
 def export_checkpoint(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
@@ -108,7 +111,6 @@ def export_checkpoint(
     representative_frames: int = 2,
     representative_objects: int = 2,
     seed: int = 0,
-    log: Log | None = print,
     gate_end_to_end: bool = True,
     read_topk: int | None = None,
     read_kernel: float | None = None,
@@ -132,7 +134,6 @@ def export_checkpoint(
             calibration and validation data; default `size`, or 6x10 strides when dynamic.
         representative_frames / representative_objects / seed: that video's length, object
             count and seed.
-        log: progress sink (one line per step); None = silent.
         gate_end_to_end: see validate.validate_export (False: report, do not fail).
         read_topk / read_kernel: override the checkpoint's memory-read priors (ModelConfig;
             no parameters, no retraining); None keeps them. The manifest's `config` records the
@@ -150,11 +151,6 @@ def export_checkpoint(
     """
     out = Path(out)
     precisions = _check_options(out, capacity, precisions, size, opset, force)
-    start = time.perf_counter()
-
-    def step(msg: str) -> None:
-        if log is not None:
-            log(f"[{time.perf_counter() - start:6.1f}s] {msg}")
 
     from mlvos.export.representative import random_samples, record_propagation
     from mlvos.export.validate import summary, validate_export
@@ -166,9 +162,11 @@ def export_checkpoint(
     _check_read_priors(model.config)
     stride = model.stride
     checkpoint = Path(checkpoint)
-    step(f"loaded {checkpoint} (variant {state['variant']}, stride {stride})")
+    logger.info(stamped(f"loaded {checkpoint} (variant {state['variant']}, stride {stride})"))
     if model.config.read_priors:
-        step(f"memory-read priors: {', '.join(model.config.read_priors)} (attention not fusable)")
+        logger.info(stamped(
+            f"memory-read priors: {', '.join(model.config.read_priors)} (attention not fusable)"
+        ))
     if size is not None:
         size = (int(size[0]), int(size[1]))
         _check_size(size, stride, "--height/--width")
@@ -203,7 +201,9 @@ def export_checkpoint(
         mem_every=2,
         seed=seed,
     )
-    step(f"recorded a {representative_frames}-frame propagation at {rep_size[0]}x{rep_size[1]}")
+    logger.info(stamped(
+        f"recorded a {representative_frames}-frame propagation at {rep_size[0]}x{rep_size[1]}"
+    ))
 
     ckpt_sha = sha256_file(checkpoint)
     precomputed: dict[tuple[str, str, str], list] = {}
@@ -221,7 +221,6 @@ def export_checkpoint(
                 checkpoint_sha256=ckpt_sha,
                 calibration=real.feeds(graph),
                 precomputed=precomputed,
-                step=step,
             )
             for graph in Graph.ALL
         }
@@ -238,7 +237,7 @@ def export_checkpoint(
             graphs=graphs,
         )
         Manifest.new(tmp, manifest).write()
-        step(f"wrote {MANIFEST_FILE}")
+        logger.info(stamped(f"wrote {MANIFEST_FILE}"))
         if validate:
             rnd = representative["random"]
             samples = {
@@ -267,10 +266,10 @@ def export_checkpoint(
                     + "\nRe-export with --no-validate to keep the graphs anyway.",
                     e.failures,
                 ) from None
-            step("validated every graph against PyTorch (validation.json)")
+            logger.info(stamped("validated every graph against PyTorch (validation.json)"))
             for line in summary(report):
-                step(f"  {line}")
-    step(f"export complete: {out}")
+                logger.info(stamped(f"  {line}"))
+    logger.info(stamped(f"export complete: {out}"))
     return out
 
 
@@ -286,7 +285,6 @@ def _export_one(
     checkpoint_sha256: str,
     calibration: list,
     precomputed: dict,
-    step: Log,
 ) -> dict[str, dict[str, Any]]:
     """Write one graph's files into `folder`; return its manifest entries by precision."""
     from mlvos.export.fp16 import convert_fp16
@@ -319,7 +317,7 @@ def _export_one(
     stamp_graph(fp32_model, graph=graph, precision="fp32", checkpoint_sha256=checkpoint_sha256)
     fp32_path = folder / graph_file(graph, "fp32")
     save_model(fp32_model, fp32_path)  # fp16 is converted from this file
-    step(f"exported {graph} fp32 ({len(fp32_model.graph.node)} nodes)")
+    logger.info(stamped(f"exported {graph} fp32 ({len(fp32_model.graph.node)} nodes)"))
     models = {"fp32": fp32_model}
     extras: dict[str, dict[str, Any]] = {"fp32": {}}
     if "fp16" in precisions:
@@ -347,8 +345,13 @@ def _export_one(
             fusable = find_attention(result.model) is not None
             extras["fp16"]["attention_fusable"] = fusable
             if not fusable:
-                step("warning: the fp16 memory read stays FP32 (its affinities overflow FP16)")
-        step(f"converted {graph} to fp16 ({len(result.fp32_nodes)} nodes stay FP32)")
+                logger.warning(
+                    stamped("warning: the fp16 memory read stays FP32 (its affinities overflow "
+                            "FP16)")
+                )
+        logger.info(stamped(
+            f"converted {graph} to fp16 ({len(result.fp32_nodes)} nodes stay FP32)"
+        ))
     note = _attention_note(cfg)
     if graph == Graph.READ_DECODER and note is not None:
         for extra in extras.values():
@@ -420,7 +423,7 @@ def _manifest(
     }
 
 
-def check_export(export_dir: str | os.PathLike, *, log: Log | None = print) -> dict[str, Any]:
+def check_export(export_dir: str | os.PathLike) -> dict[str, Any]:
     """Re-run the validation of an export directory (files' sha256, every graph vs PyTorch on
     the recorded kinds of inputs) and rewrite its validation.json.
 
@@ -431,8 +434,7 @@ def check_export(export_dir: str | os.PathLike, *, log: Log | None = print) -> d
 
     start = time.perf_counter()
     report = validate_export(export_dir)
-    if log is not None:
-        log(f"[{time.perf_counter() - start:6.1f}s] {export_dir}: validation passed")
-        for line in summary(report):
-            log(f"  {line}")
+    logger.info("[%6.1fs] %s: validation passed", time.perf_counter() - start, export_dir)
+    for line in summary(report):
+        logger.info("  %s", line)
     return report

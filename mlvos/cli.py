@@ -6,6 +6,12 @@ name to a `register(subparsers)` function that adds its parser and sets
 pipeline order (the order of `mlvos --help`). CLI modules import only argparse and light constants
 at module level and do heavy imports (torch, onnx, ...) inside their `main` functions, so
 `mlvos <anything> --help` is instant and works without optional dependencies.
+
+Output: library code reports progress through `logging` loggers named after its modules
+(mlvos.export.api, ...; see mlvos.logs), never print callbacks. `main` configures them once
+(mlvos.logs.configure_logging): INFO lines to stdout, warnings to stderr, bare messages; tqdm
+progress bars are unaffected. A library user who configures nothing sees the warnings only
+(Python's last-resort handler), the standard library's behaviour.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import sys
 
 from mlvos import __version__
 from mlvos.errors import MlvosError
+from mlvos.logs import configure_logging
 
 # name -> CLI module that registers it (in its SUBCOMMANDS), in pipeline order = `mlvos --help`.
 COMMANDS: dict[str, str] = {
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     # on a busy 2-core machine (measured); passive waiting costs little elsewhere. Must be set
     # before torch loads; an explicit OMP_WAIT_POLICY wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    configure_logging()  # idempotent: main() may run more than once in a process (tests)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

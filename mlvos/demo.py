@@ -15,7 +15,10 @@ only repeats 4-5.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def run_demo(
@@ -31,7 +34,8 @@ def run_demo(
     retrain: bool,
     threads: int | None,
 ) -> None:
-    """Run the five steps above, printing progress and the J&F / FPS table to stdout.
+    """Run the five steps above: progress to the logger mlvos.demo (stdout under `mlvos demo`),
+    then the J&F / FPS table printed to stdout.
 
     Args:
         cache: folder for the validation sets, checkpoint (tiny.pt), export and predictions.
@@ -68,7 +72,7 @@ def run_demo(
     t_start = time.perf_counter()
 
     def step(msg: str) -> None:
-        print(f"[demo {time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
+        logger.info("[demo %6.1fs] %s", time.perf_counter() - t_start, msg)
 
     photos_dir = resolve_photos_dir(photos)
     natural_dir = cache / f"natural-{natural}x{frames}-s{natural_seed}"

@@ -264,7 +264,10 @@ def main_compare(args: argparse.Namespace) -> int:
 
 
 def main_gpu_check(args: argparse.Namespace) -> int:
-    from mlvos.profiling.gpu_check import run_gpu_check
+    from pathlib import Path
+
+    from mlvos.profiling.gpu_check import REPORT_FILE, run_gpu_check
+    from mlvos.profiling.gpu_report import final_table
 
     report = run_gpu_check(
         out=args.gpu_out,
@@ -278,6 +281,9 @@ def main_gpu_check(args: argparse.Namespace) -> int:
         budget_s=args.budget_s,
         cudnn_benchmark=args.cudnn_benchmark,
     )
+    print()
+    print(final_table(report))
+    print(f"wrote {Path(args.gpu_out) / REPORT_FILE} ({report['elapsed_s']:.0f} s)")
     return 0 if report.get("status") == "ok" else 1
 
 

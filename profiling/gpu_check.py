@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import time
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from mlvos.errors import MlvosError, require
-from mlvos.profiling.gpu_report import _agreement_report, _csv, _plots, final_table
+from mlvos.profiling.gpu_report import _agreement_report, _csv, _plots
 from mlvos.profiling.measure import (
     SyntheticVideo,
     frame0_memory,
@@ -50,6 +51,8 @@ from mlvos.runtime.spec import DEFAULT_CAPACITY, frame_to_input, padded_size, pa
 
 GPU_FORMAT = "mlvos-gpu-check"
 REPORT_FILE = "gpu_check.json"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,8 @@ MIN_SECTION_S = 3.0
 class _Check:
     """The report under construction, the clock, and the section runner."""
 
-    def __init__(self, out: Path, settings: Settings, log: Callable[[str], None]):
-        self.out, self.settings, self.log = out, settings, log
+    def __init__(self, out: Path, settings: Settings):
+        self.out, self.settings = out, settings
         self.start = time.perf_counter()
         self.torch: Any = None
         self.report: dict[str, Any] = {
@@ -133,7 +136,7 @@ class _Check:
         """Run fn() unless the budget is spent; record status, time and any error."""
         if self.left() < min_s:
             self.report["sections"][name] = {"status": "skipped: time budget spent"}
-            self.log(f"[{self._t()}] {name}: skipped (time budget spent)")
+            logger.warning(f"[{self._t()}] {name}: skipped (time budget spent)")
             self.write()
             return None
         t0 = time.perf_counter()
@@ -149,7 +152,7 @@ class _Check:
                     "traceback": traceback.format_exc()[-3000:],
                 }
             )
-            self.log(f"[{self._t()}] {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
+            logger.warning(f"[{self._t()}] {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
             self._free()
         self.report["sections"][name] = {"status": status, "seconds": time.perf_counter() - t0}
         self.write()
@@ -210,7 +213,7 @@ def _setup(chk: _Check, workdir: Path, cudnn_benchmark: bool) -> Path:
     chk.report["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     path = save_checkpoint(workdir / f"{s.variant}.pt", model)
     del model
-    chk.log(
+    logger.info(
         f"[{chk._t()}] setup: {info.get('gpu', s.device)}, torch {torch.__version__}, "
         f"{s.variant} ({chk.report['params_m']:.1f} M parameters, random weights)"
     )
@@ -275,7 +278,7 @@ def _latency(ctx: _Pass, res: str, video: SyntheticVideo, budget: float) -> dict
     chk.report["configs"].append(entry)
     busy = f", device busy {device['total']['mean']:.2f} ms" if device else ""
     peak = f", peak {entry['peak_device_mb']:.0f} MiB" if cuda else ""
-    chk.log(
+    logger.info(
         f"[{chk._t()}] {precision} {label}: {wall['total']['mean']:8.2f} ms/frame wall "
         f"({wall['total']['fps']:.1f} FPS){busy}{peak}"
     )
@@ -367,7 +370,7 @@ def _cuda_graphs(ctx: _Pass, res: str, video: SyntheticVideo, budget: float) -> 
         del graph, static_out
         torch.cuda.empty_cache()  # the graph's private memory pool
     chk.report["cuda_graphs"].append(entry)
-    chk.log(
+    logger.info(
         f"[{chk._t()}] {precision} {label} CUDA graphs: "
         + ", ".join(
             f"{k} {v['eager']['mean']:.2f} -> {v['graph']['mean']:.2f} ms (x{v['speedup']:.2f})"
@@ -455,7 +458,6 @@ def run_gpu_check(
     iters: int | None = None,
     budget_s: float | None = None,
     cudnn_benchmark: bool = False,
-    log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Run the check and write gpu_check.json, gpu_check.csv and PNG plots into `out`.
 
@@ -467,11 +469,13 @@ def run_gpu_check(
         objects: tracked objects in the latency runs (the agreement video uses >= 2).
         cudnn_benchmark: let cuDNN autotune convolutions (slower first frames).
 
+    Progress goes to the logger mlvos.profiling.gpu_check (failed or skipped sections as
+    warnings); `mlvos profile gpu-check` prints gpu_report.final_table(report) at the end.
+
     Returns:
         The report; report["status"] is "ok", "partial" (some section failed or was skipped
         for time) or "failed" (setup failed). Never raises for a failed measurement.
     """
-    log = log or (lambda _m: None)
     settings = _settings(
         smoke,
         variant=variant,
@@ -489,7 +493,7 @@ def run_gpu_check(
         settings = dataclasses.replace(settings, precisions=kept)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    chk = _Check(out, settings, log)
+    chk = _Check(out, settings)
     chk.report["smoke"] = smoke
     if not settings.device.startswith("cuda") and dropped:
         chk.report["notes"] = ["fp16 needs CUDA on the torch backend; measured fp32 only"]
@@ -529,7 +533,4 @@ def run_gpu_check(
     else:
         chk.report["status"] = "partial"
     chk.write()
-    log("")
-    log(final_table(chk.report))
-    log(f"wrote {out / REPORT_FILE} ({chk.report['elapsed_s']:.0f} s)")
     return chk.report

@@ -3,6 +3,7 @@ plots and the final text table, all built from the report dict that gpu_check fi
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,6 +15,8 @@ from mlvos.runtime.spec import TIMED_STAGES
 
 if TYPE_CHECKING:
     from mlvos.profiling.gpu_check import _Check
+
+logger = logging.getLogger(__name__)
 
 
 def label_agreement(a: list[np.ndarray], b: list[np.ndarray], ids: list[int]) -> dict[str, Any]:
@@ -59,7 +62,7 @@ def _agreement_report(chk: _Check, agreement: dict[str, dict], video: SyntheticV
     if a == b:
         result["note"] = "one precision only (CPU): the comparison checks the code path only"
     chk.report["agreement"] = result
-    chk.log(
+    logger.info(
         f"[{chk._t()}] agreement {b} vs {a}: propagated mean IoU {result['mean_iou']:.4f}, "
         f"one-step mean IoU {result['one_step']['mean_iou']:.4f}, pixels "
         f"{100 * result['pixel_agreement']:.2f}% ({result['frames']} frames)"

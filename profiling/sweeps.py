@@ -6,10 +6,10 @@ numpy only at import time; the runner's backend, torch and onnx are imported whe
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,7 +42,6 @@ __all__ = [
     "FLATNESS_TOLERANCE",
     "FLATNESS_WINDOW",
     "RESOLUTIONS",
-    "Log",
     "ProfileConfig",
     "parse_resolution",
     "run_profile",
@@ -61,7 +60,7 @@ FLATNESS_TOLERANCE = 1.05
 FLATNESS_WINDOW = 100
 FLATNESS_START = 10
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 def parse_resolution(text: str) -> tuple[str, int, int]:
@@ -123,7 +122,6 @@ class _Context:
     timer: StageTimer
     devmem: Any
     macs: MacCounter
-    log: Log
     videos: dict[tuple[int, int, int], SyntheticVideo] = field(default_factory=dict)
 
     def video(self, h: int, w: int, objects: int) -> SyntheticVideo:
@@ -156,7 +154,7 @@ def _measure(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[st
     entry = _config_entry(runner, label, h, w, objects)
     why = _static_mismatch(runner, h, w)
     if why:
-        ctx.log(f"  skip {label}: {why}")
+        logger.info(f"  skip {label}: {why}")
         return {**entry, "skipped": why}
     video = ctx.video(h, w, objects)
     if video.objects != objects:
@@ -193,7 +191,7 @@ def _measure(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[st
         # Without the per-stage synchronization: what a pipelined application sees.
         quick = run_video(runner, video, frames=cfg.iters, warmup=0, mem_every=cfg.mem_every)
         entry["unsynced_total_ms"] = summarize(quick.timed("wall")["total"])
-    ctx.log(
+    logger.info(
         f"  {label:>9} x{objects}: {wall['total']['mean']:9.2f} ms/frame "
         f"({wall['total']['fps']:.2f} FPS, p90 {wall['total']['p90']:.2f} ms) "
         f"stage sum {entry['stage_sum_check']['rel_diff'] * 100:.1f}% off"
@@ -235,7 +233,7 @@ def _memory_sweep(ctx: _Context, label: str, h: int, w: int, objects: int) -> di
                 "tflops": 2 * g * 1e9 / (st["mean"] * 1e-3) / 1e12 if g and st["mean"] else None,
             }
         )
-        ctx.log(f"  {k}/{cap} slots: read+decode {st['mean']:8.2f} ms (p90 {st['p90']:.2f})")
+        logger.info(f"  {k}/{cap} slots: read+decode {st['mean']:8.2f} ms (p90 {st['p90']:.2f})")
     result["points"] = points
     return result
 
@@ -298,7 +296,7 @@ def _long_run(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[s
             else None,
         }
     )
-    ctx.log(
+    logger.info(
         f"  {len(per_frame)} frames: early {result['early']['mean_ms']:.2f} ms, late "
         f"{result['late']['mean_ms']:.2f} ms (mean x{ratio:.3f}, median x{ratio_median:.3f}), "
         "RSS growth "
@@ -333,7 +331,7 @@ def _model_info(runner: Any, config: ProfileConfig) -> dict[str, Any]:
     return info
 
 
-def run_profile(config: ProfileConfig, *, log: Log | None = print) -> dict[str, Any]:
+def run_profile(config: ProfileConfig) -> dict[str, Any]:
     """Run every sweep of `config` and return the report (see write_report for the files).
 
     Raises:
@@ -343,7 +341,6 @@ def run_profile(config: ProfileConfig, *, log: Log | None = print) -> dict[str, 
     from mlvos.runtime.backends import open_runner
 
     config.check()
-    log = log or (lambda _msg: None)
     start = time.perf_counter()
     res = [parse_resolution(r) for r in config.resolutions]
     report: dict[str, Any] = {
@@ -374,7 +371,7 @@ def run_profile(config: ProfileConfig, *, log: Log | None = print) -> dict[str, 
                 f"--memory values {bad} outside 1..capacity ({runner.capacity}) of this model"
             )
         ctx = _Context(
-            config, runner, timer_for(runner), device_memory_probe(runner), MacCounter(runner), log
+            config, runner, timer_for(runner), device_memory_probe(runner), MacCounter(runner)
         )
         report["model"] = _model_info(runner, config)
         report["timer"] = {
@@ -392,12 +389,12 @@ def run_profile(config: ProfileConfig, *, log: Log | None = print) -> dict[str, 
                 f"{why}; put a resolution it runs first, e.g. --resolutions "
                 f"{static[0]}x{static[1]}, or export with dynamic H/W"
             )
-        log(
+        logger.info(
             f"resolution sweep ({base_objects} object(s), {config.warmup} warm-up + "
             f"{config.iters} timed frames each)"
         )
         report["resolution_sweep"] = [_measure(ctx, lab, h, w, base_objects) for lab, h, w in res]
-        log(f"object sweep at {base_label}")
+        logger.info(f"object sweep at {base_label}")
         sweep = []
         for k in config.objects:
             if k == base_objects:
@@ -405,10 +402,12 @@ def run_profile(config: ProfileConfig, *, log: Log | None = print) -> dict[str, 
             else:
                 sweep.append(_measure(ctx, base_label, bh, bw, k))
         report["object_sweep"] = sweep
-        log(f"memory sweep at {base_label} ({base_objects} object(s)): read+decode vs valid slots")
+        logger.info(
+            f"memory sweep at {base_label} ({base_objects} object(s)): read+decode vs valid slots"
+        )
         report["memory_sweep"] = _memory_sweep(ctx, base_label, bh, bw, base_objects)
         if config.long:
-            log(f"long run: {config.long} frames at {base_label}")
+            logger.info(f"long run: {config.long} frames at {base_label}")
             report["long_run"] = _long_run(ctx, base_label, bh, bw, base_objects)
         else:
             report["long_run"] = None

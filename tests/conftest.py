@@ -1,3 +1,4 @@
+import logging
 import os
 
 import pytest
@@ -6,6 +7,19 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # Spin-waiting OpenMP threads make small torch convolutions 50-100x slower on a busy 2-core box.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture(autouse=True)
+def _mlvos_logging():
+    """Undo what a test's mlvos.cli.main call configured on the "mlvos" logger (its handler,
+    INFO level, propagate=False): it lasts for the process, and would hide the records of later
+    tests from caplog (which listens on the root logger)."""
+    logger = logging.getLogger("mlvos")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)  # setLevel, not .level =: it also clears the children's level caches
+    logger.propagate = propagate
 
 
 @pytest.fixture(scope="session", autouse=True)

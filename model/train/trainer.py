@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import sys
@@ -47,6 +48,8 @@ __all__ = [
 LAST = "last.pt"
 LOG = "log.jsonl"
 TRAIN_STATE_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -282,8 +285,8 @@ def _train(opts: TrainOptions, info, state, load_model, build_model) -> TrainRes
         torch.backends.mkldnn.enabled = bool(opts.mkldnn)
     amp = cuda if opts.amp is None else bool(opts.amp)
     if amp and not cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        print("--amp: this CPU has no native bfloat16 (AVX512-BF16/AMX); training in float32",
-              file=sys.stderr, flush=True)
+        logger.warning("--amp: this CPU has no native bfloat16 (AVX512-BF16/AMX); training in "
+                       "float32")
         amp = False
     amp_dtype = torch.float16 if cuda else torch.bfloat16
     channels_last = (amp and not cuda) if opts.channels_last is None else opts.channels_last
@@ -458,9 +461,9 @@ def _train(opts: TrainOptions, info, state, load_model, build_model) -> TrainRes
                     tb.add_scalar("lr", lr, step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2g}")
                 if not show and info.is_main:
-                    print(f"{opts.stage} step {step}/{opts.steps} loss {mean_loss:.4f} "
-                          f"lr {lr:.3g} {rate * frames.shape[1]:.1f} img/s "
-                          f"{elapsed_before + elapsed:.0f}s", flush=True)
+                    logger.info(f"{opts.stage} step {step}/{opts.steps} loss {mean_loss:.4f} "
+                                f"lr {lr:.3g} {rate * frames.shape[1]:.1f} img/s "
+                                f"{elapsed_before + elapsed:.0f}s")
                 t_log, n_log, loss_sum = now, 0, 0.0
             stop = None
             if opts.stop_after is not None and step - start_step >= opts.stop_after:

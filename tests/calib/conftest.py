@@ -33,7 +33,6 @@ def tiny_export(tmp_path_factory) -> Path:
             validate=False,
             representative_size=(HEIGHT, WIDTH),
             representative_frames=2,
-            log=None,
         )
     finally:
         torch.set_num_threads(before)

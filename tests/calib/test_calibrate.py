@@ -42,7 +42,6 @@ def calibrated(tiny_export, calib_data, val_data, tmp_path_factory):
         samples=4,
         keep_fp32=KEEP,
         eval_data=val_data,
-        log=None,
     )
     return export, out, report, before
 
@@ -146,7 +145,7 @@ def test_rerun_reuses_cache_ort_auto(calibrated, calib_data, tmp_path):
     shutil.copytree(export, copy)
     meta = (out / CACHE_DIR / "meta.json").stat().st_mtime_ns
     report = calibrate(
-        copy, calib_data, out, samples=4, method="ort", calibrator="max", force=True, log=None
+        copy, calib_data, out, samples=4, method="ort", calibrator="max", force=True
     )
     assert report["data"]["cache"]["reused"] is True
     assert (out / CACHE_DIR / "meta.json").stat().st_mtime_ns == meta
@@ -183,11 +182,11 @@ def test_read_prior_graph_calibrates(calib_data, tmp_path):
         export = export_checkpoint(ckpt, tmp_path / "export", capacity=4,
                                    precisions=("fp32",), validate=False,
                                    representative_size=(64, 96), representative_frames=2,
-                                   log=None, read_topk=20, read_kernel=2.0)
+                                   read_topk=20, read_kernel=2.0)
     finally:
         torch.set_num_threads(before)
     report = calibrate(export, calib_data, tmp_path / "out", samples=4,
-                       keep_fp32=("attention", "logits_conv"), log=None)
+                       keep_fp32=("attention", "logits_conv"))
     section = report["graphs"][Graph.READ_DECODER]
     assert "attention" not in section["candidates"] and "logits_conv" in section["candidates"]
     entry = _manifest(export)["graphs"][Graph.READ_DECODER]["int8"]

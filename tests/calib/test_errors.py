@@ -33,7 +33,7 @@ def export_copy(tiny_export, tmp_path):
 
 def _run(export, data, out, **kw):
     kw.setdefault("samples", 4)
-    return calibrate(export, data, out, log=None, **kw)
+    return calibrate(export, data, out, **kw)
 
 
 def test_errors_are_mlvos_errors():

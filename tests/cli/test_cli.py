@@ -1,3 +1,7 @@
+import contextlib
+import io
+import logging
+
 import pytest
 
 from mlvos.cli import main
@@ -43,3 +47,21 @@ def test_version(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 0
+
+
+def test_cli_logs_info_to_stdout_and_warnings_to_stderr(capsys, caplog):
+    """main() configures the "mlvos" loggers: bare INFO lines on the current stdout, warnings on
+    the current stderr, DEBUG hidden, nothing passed on to the root logger's handlers (caplog's);
+    a second main() in the process adds no second handler."""
+    assert main([]) == 2 and main([]) == 2  # no command: help, after configuring logging
+    capsys.readouterr()
+    progress = logging.getLogger("mlvos.export.api")
+    progress.info("progress line")
+    progress.debug("debug line")
+    logging.getLogger("mlvos.runtime.backends.trt.build").warning("warning line")
+    assert capsys.readouterr() == ("progress line\n", "warning line\n")
+    assert not caplog.records
+    # The stream is looked up per record: a later replacement of sys.stdout receives the lines.
+    with contextlib.redirect_stdout(io.StringIO()) as buf:
+        progress.info("redirected line")
+    assert buf.getvalue() == "redirected line\n" and capsys.readouterr().out == ""

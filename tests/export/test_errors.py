@@ -26,7 +26,7 @@ def checkpoint(tmp_path_factory):
 
 
 def _export(checkpoint, out, **kw):
-    return export_checkpoint(checkpoint, out, log=None, validate=False, **kw)
+    return export_checkpoint(checkpoint, out, validate=False, **kw)
 
 
 def test_missing_checkpoint(tmp_path):

@@ -9,13 +9,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from mlvos.cli import main  # noqa: E402
 from mlvos.profiling.gpu_check import REPORT_FILE, run_gpu_check  # noqa: E402
 
 
 def test_smoke_run_writes_report(tmp_path, capsys):
-    report = run_gpu_check(out=tmp_path, smoke=True)
-    assert report["status"] == "ok", report["errors"]
+    status = main(["profile", "gpu-check", "--smoke", "--out", str(tmp_path)])
     data = json.loads((tmp_path / REPORT_FILE).read_text())
+    assert status == 0, data["errors"]
     assert data["status"] == "ok" and data["smoke"]
     (config,) = data["configs"]
     assert config["precision"] == "fp32" and config["resolution"] == "64x96"
@@ -25,20 +26,22 @@ def test_smoke_run_writes_report(tmp_path, capsys):
     ag = data["agreement"]
     assert ag["mean_iou"] == 1.0 and ag["one_step"]["mean_iou"] == 1.0
     assert (tmp_path / "gpu_check.csv").is_file() and (tmp_path / "gpu_latency.png").is_file()
+    # Progress lines (the mlvos.profiling loggers), then the final table and the report's path.
     out = capsys.readouterr().out
-    assert "status: ok" in out and "fp32" in out
+    assert "] fp32 64x96: " in out and "status: ok" in out
+    assert out.rstrip().endswith(f"wrote {tmp_path / REPORT_FILE} ({data['elapsed_s']:.0f} s)")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
 def test_without_cuda_reports_failure_instead_of_raising(tmp_path):
-    report = run_gpu_check(out=tmp_path, smoke=True, device="cuda", log=None)
+    report = run_gpu_check(out=tmp_path, smoke=True, device="cuda")
     assert report["status"] == "failed"
     assert "no CUDA device" in report["errors"][0]["error"]
     assert json.loads((tmp_path / REPORT_FILE).read_text())["status"] == "failed"
 
 
 def test_spent_budget_skips_sections_and_keeps_partial_results(tmp_path):
-    report = run_gpu_check(out=tmp_path, smoke=True, budget_s=0.01, log=None)
+    report = run_gpu_check(out=tmp_path, smoke=True, budget_s=0.01)
     assert report["status"] == "partial"
     assert report["sections"]["setup"]["status"] == "ok"  # setup always runs
     skipped = [k for k, v in report["sections"].items() if "time budget" in v["status"]]
@@ -50,7 +53,7 @@ def test_spent_budget_skips_sections_and_keeps_partial_results(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_check_on_a_gpu(tmp_path):
     report = run_gpu_check(
-        out=tmp_path, variant="tiny", resolutions=("480p",), iters=5, budget_s=90, log=None
+        out=tmp_path, variant="tiny", resolutions=("480p",), iters=5, budget_s=90
     )
     assert report["status"] == "ok", report["errors"]
     assert {c["precision"] for c in report["configs"]} == {"fp16", "fp32"}

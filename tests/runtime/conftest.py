@@ -15,6 +15,6 @@ def decisive_export(tmp_path_factory, decisive_tiny):
 
         root = tmp_path_factory.mktemp("export")
         ckpt = save_checkpoint(root / "tiny.pt", decisive_tiny())
-        return export_checkpoint(ckpt, root / "export", log=None, **export_kwargs)
+        return export_checkpoint(ckpt, root / "export", **export_kwargs)
 
     return make

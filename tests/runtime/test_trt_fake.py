@@ -441,7 +441,7 @@ def export_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("trt_fake")
     ckpt = save_checkpoint(root / "tiny.pt", build_model("tiny", seed=0))
-    return export_checkpoint(ckpt, root / "export", validate=False, log=None)
+    return export_checkpoint(ckpt, root / "export", validate=False)
 
 
 SMALL = dict(
@@ -457,7 +457,6 @@ def _runner(export_dir, tmp_path, precision="fp32", **kw):
         Manifest.load(export_dir),
         precision,
         engine_dir=tmp_path / "engines",
-        log=lambda m: None,
         **kw,
     )
 
@@ -624,7 +623,7 @@ def test_engine_cache_reuse_and_staleness(fakes, export_dir, tmp_path):
 
     manifest = Manifest.load(export_dir)
     engines = tmp_path / "engines"
-    kw = dict(engine_dir=engines, profile=Profile(**SMALL), log=lambda m: None)
+    kw = dict(engine_dir=engines, profile=Profile(**SMALL))
     first = ensure_engines(manifest, "fp32", **kw)
     assert all(r.built for r in first.values()) and len(fakes.trt.built) == 3
     # One timing cache, loaded by each build and saved after it.
@@ -635,8 +634,7 @@ def test_engine_cache_reuse_and_staleness(fakes, export_dir, tmp_path):
     assert not any(r.built for r in again.values()) and len(fakes.trt.built) == 3
     # No profile given: the cached engines' profile is reused, not the default one.
     assert not any(
-        r.built
-        for r in ensure_engines(manifest, "fp32", engine_dir=engines, log=lambda m: None).values()
+        r.built for r in ensure_engines(manifest, "fp32", engine_dir=engines).values()
     )
     # Another TensorRT version: refused without building, rebuilt with building.
     fakes.use_trt("10.16.1")
@@ -663,7 +661,6 @@ def test_engine_cache_reuse_and_staleness(fakes, export_dir, tmp_path):
             allow_build=False,
             engine_dir=engines,
             profile=Profile(**dict(SMALL, max_objects=5)),
-            log=lambda m: None,
         )
 
 

@@ -49,7 +49,7 @@ def _export(root: Path, checkpoint: Path | None = None) -> Path:
         from mlvos.model.registry import build_model
 
         checkpoint = save_checkpoint(root / "tiny.pt", build_model("tiny", seed=0))
-    return export_checkpoint(checkpoint, root / "export", validate=False, log=None)
+    return export_checkpoint(checkpoint, root / "export", validate=False)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ both entry points build from its result.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,13 @@ from mlvos.runtime.backends.trt.cache import (
     timing_cache_path,
     write_engine,
 )
-from mlvos.runtime.backends.trt.common import EngineCacheError, TrtError, _import_trt, _stderr
+from mlvos.runtime.backends.trt.common import EngineCacheError, TrtError, _import_trt
 from mlvos.runtime.backends.trt.plan import Profile, Recipe, profile_shapes, recipe_for
 from mlvos.runtime.manifest import GraphInfo, Manifest
 from mlvos.runtime.spec import Graph
+
+# Named `log`, not `logger`: test_trt_api reads a `logger` as a TensorRT ILogger.
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------ options
@@ -53,7 +56,8 @@ class BuildOptions:
         workspace_mib: builder workspace limit (None: TensorRT's, the device memory).
         verbose: TensorRT's verbose log.
         device: CUDA device index.
-        log: where progress lines go (default: stderr).
+
+    Progress lines go to the logger mlvos.runtime.backends.trt.build (INFO).
     """
 
     engine_dir: str | Path | None = None
@@ -65,7 +69,6 @@ class BuildOptions:
     workspace_mib: int | None = None
     verbose: bool = False
     device: int = 0
-    log: Callable[[str], None] = _stderr
 
     @classmethod
     def merged(
@@ -159,8 +162,8 @@ def plan_engines(
 
 
 # ------------------------------------------------------------------------------ TensorRT build
-def _progress_monitor(trt: Any, log) -> Any:
-    """An IProgressMonitor that prints the top two levels of build phases."""
+def _progress_monitor(trt: Any) -> Any:
+    """An IProgressMonitor that logs the top two levels of build phases."""
 
     class _Monitor(trt.IProgressMonitor):
         def __init__(self):
@@ -171,7 +174,7 @@ def _progress_monitor(trt: Any, log) -> Any:
             depth = self.depth.get(parent_phase, -1) + 1 if parent_phase else 0
             self.depth[phase_name] = depth
             if depth <= 1:
-                log(f"  {'  ' * depth}{phase_name} ({num_steps} steps)")
+                log.info(f"  {'  ' * depth}{phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name, step):
             return True  # False would cancel the build
@@ -182,14 +185,14 @@ def _progress_monitor(trt: Any, log) -> Any:
     return _Monitor()
 
 
-def _load_timing_cache(trt: Any, config: Any, path: Path | None, log) -> None:
+def _load_timing_cache(trt: Any, config: Any, path: Path | None) -> None:
     data = b""
     if path is not None and path.is_file():
         data = path.read_bytes()
     timing_cache = config.create_timing_cache(data)
     if data and (timing_cache is None or not config.set_timing_cache(timing_cache, False)):
         # Written by another device or TensorRT version: start afresh rather than mix.
-        log(f"  ignoring timing cache {path} (made for another GPU or TensorRT version)")
+        log.warning(f"  ignoring timing cache {path} (made for another GPU or TensorRT version)")
         timing_cache = config.create_timing_cache(b"")
         data = b""
     if not data and (timing_cache is None or not config.set_timing_cache(timing_cache, False)):
@@ -237,13 +240,13 @@ def build_serialized(
     Args:
         timing_cache: the resolved timing-cache file (read if present, rewritten after the
             build), or None; `options.timing_cache` is not consulted.
-        options: dla_core, workspace_mib, verbose, device and log are used.
+        options: dla_core, workspace_mib, verbose and device are used.
 
     Raises:
         NoCudaDeviceError / MissingDependencyError: no GPU, or tensorrt/cuda-python missing.
         TrtError: parsing or building failed (TensorRT's own log is printed above).
     """
-    log, dla_core = options.log, options.dla_core
+    dla_core = options.dla_core
     cuda_mem.require_device(options.device)  # before any TensorRT object exists
     cuda_mem.set_device(options.device)
     trt = _import_trt()
@@ -272,8 +275,8 @@ def build_serialized(
         for name, (lo, opt, hi) in shapes.items():
             trt_profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(trt_profile)
-    _load_timing_cache(trt, config, timing_cache, log)
-    monitor = _progress_monitor(trt, log)
+    _load_timing_cache(trt, config, timing_cache)
+    monitor = _progress_monitor(trt)
     config.progress_monitor = monitor
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -291,7 +294,7 @@ def build_serialized(
 def _build(plan: BuildPlan, planned: EnginePlan, options: BuildOptions) -> EngineRecord:
     """Build the `planned` engine and write it and its metadata (atomically) to the cache."""
     recipe, precision = plan.recipe, planned.key["precision"]
-    options.log(
+    log.info(
         f"building {planned.path} (TensorRT {plan.target.tensorrt}, {precision} from the "
         f"{recipe.source} graph{', strongly typed' if recipe.strongly_typed else ''}"
         f"{', BuilderFlag.FP16' if recipe.fp16_flag else ''}; {plan.target.gpu})"
@@ -302,7 +305,7 @@ def _build(plan: BuildPlan, planned: EnginePlan, options: BuildOptions) -> Engin
     )
     seconds = time.perf_counter() - t0
     meta = write_engine(planned.path, planned.key, data, seconds)
-    options.log(f"  wrote {planned.path.name} ({len(data) / 2**20:.1f} MiB) in {seconds:.0f} s")
+    log.info(f"  wrote {planned.path.name} ({len(data) / 2**20:.1f} MiB) in {seconds:.0f} s")
     return EngineRecord(planned.graph, planned.path, meta, True)
 
 
@@ -372,6 +375,6 @@ def ensure_engines(
                 f"{'; '.join(reasons)}. Build engines for this GPU with `mlvos engine --model "
                 f"{manifest.root} --precision {precision}` (or allow building)"
             )
-        options.log(f"{g}: (re)building because " + "; ".join(reasons))
+        log.info(f"{g}: (re)building because " + "; ".join(reasons))
         records[g] = _build(plan, planned, options)
     return records

@@ -1,17 +1,12 @@
-"""What every module of the TensorRT backend shares: its errors (defined in runtime.errors), the
-lazy TensorRT import and the default log."""
+"""What every module of the TensorRT backend shares: its errors (defined in runtime.errors) and
+the lazy TensorRT import."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from mlvos.errors import require
 from mlvos.runtime.errors import EngineCacheError, TrtError  # noqa: F401 - the package's errors
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _import_trt() -> Any:

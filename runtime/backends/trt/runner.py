@@ -4,6 +4,7 @@ and the memory bank in preallocated device memory (see TrtRunner)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,13 @@ from mlvos.runtime.backends import cuda_mem
 from mlvos.runtime.backends.base import Runner
 from mlvos.runtime.backends.cuda_mem import DeviceArray, DeviceBuffer, Stream
 from mlvos.runtime.backends.trt.build import BuildOptions, ensure_engines
-from mlvos.runtime.backends.trt.common import EngineCacheError, TrtError, _import_trt, _stderr
+from mlvos.runtime.backends.trt.common import EngineCacheError, TrtError, _import_trt
 from mlvos.runtime.backends.trt.plan import Profile
 from mlvos.runtime.manifest import Manifest
 from mlvos.runtime.spec import Graph, Tensor, resolve_shape
+
+# Named `log`, not `logger`: test_trt_api reads a `logger` as a TensorRT ILogger.
+log = logging.getLogger(__name__)
 
 
 class _Stage:
@@ -95,7 +99,6 @@ class TrtRunner(Runner):
         device: int = 0,
         fp16_recipe: str = "auto",
         tf32: bool = True,
-        log=_stderr,
     ):
         cuda_mem.require_device(device)  # first: TensorRT must not start without a GPU
         self.manifest = manifest
@@ -105,7 +108,6 @@ class TrtRunner(Runner):
         self.device = device
         self.dla_core = dla_core
         self.cuda_graph = cuda_graph
-        self.log = log
         options = BuildOptions(
             engine_dir=engine_dir,
             profile=profile,
@@ -113,7 +115,6 @@ class TrtRunner(Runner):
             fp16_recipe=fp16_recipe,
             tf32=tf32,
             device=device,
-            log=log,
         )
         self.records = ensure_engines(
             manifest, precision, options=options, allow_build=allow_build, rebuild=rebuild
@@ -389,7 +390,7 @@ class TrtRunner(Runner):
         graph = cuda_mem.CudaGraph.capture(self._stream, lambda: stage.enqueue(self._stream))
         if graph is None:
             self._graph_failed = True
-            self.log("read_decoder refused CUDA-graph capture; running it without graphs")
+            log.warning("read_decoder refused CUDA-graph capture; running it without graphs")
             return
         self._graph, self._graph_key = graph, key
 
