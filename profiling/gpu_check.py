@@ -45,9 +45,14 @@ from mlvos.profiling.measure import (
     tflops,
 )
 from mlvos.profiling.probes import StageTimer, TorchCudaTimer, WallTimer
-from mlvos.profiling.sweeps import parse_resolution
 from mlvos.runtime.predictor import VideoPredictor
-from mlvos.runtime.spec import DEFAULT_CAPACITY, frame_to_input, padded_size, padding_for
+from mlvos.runtime.spec import (
+    DEFAULT_CAPACITY,
+    frame_to_input,
+    padded_size,
+    padding_for,
+    parse_resolution,
+)
 
 GPU_FORMAT = "mlvos-gpu-check"
 REPORT_FILE = "gpu_check.json"

@@ -35,7 +35,13 @@ from mlvos.profiling.probes import (
     timer_for,
 )
 from mlvos.profiling.report import REPORT_FORMAT, REPORT_VERSION
-from mlvos.runtime.spec import DEFAULT_MEM_EVERY, MIN_SIDE, TIMED_STAGES, padded_size
+from mlvos.runtime.spec import (  # noqa: F401 - RESOLUTIONS, parse_resolution re-exported
+    DEFAULT_MEM_EVERY,
+    RESOLUTIONS,
+    TIMED_STAGES,
+    padded_size,
+    parse_resolution,
+)
 
 __all__ = [
     "FLATNESS_START",
@@ -47,13 +53,6 @@ __all__ = [
     "run_profile",
 ]
 
-# Named resolutions: (height, width) of the frames fed to the predictor (padded inside it).
-RESOLUTIONS: dict[str, tuple[int, int]] = {
-    "480p": (480, 854),
-    "720p": (720, 1280),
-    "1080p": (1080, 1920),
-}
-
 # A long run is "flat" when the mean latency of its last 100 frames is at most this much above
 # that of frames 11..110 (the runtime issue's acceptance bar; windows shrink for shorter runs).
 FLATNESS_TOLERANCE = 1.05
@@ -61,22 +60,6 @@ FLATNESS_WINDOW = 100
 FLATNESS_START = 10
 
 logger = logging.getLogger(__name__)
-
-
-def parse_resolution(text: str) -> tuple[str, int, int]:
-    """ "480p" | "720p" | "1080p" | "HxW" -> (label, height, width)."""
-    text = text.strip()
-    if text in RESOLUTIONS:
-        return (text, *RESOLUTIONS[text])
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise InputError(
-            f"resolution {text!r} is not one of {', '.join(RESOLUTIONS)} or HEIGHTxWIDTH"
-        ) from None
-    if h < MIN_SIDE or w < MIN_SIDE:
-        raise InputError(f"resolution {text!r}: both sides must be >= {MIN_SIDE}")
-    return (f"{h}x{w}", h, w)
 
 
 # ---------------------------------------------------------------------------------- profile

@@ -26,14 +26,21 @@ def register_engine(sub: argparse._SubParsersAction) -> None:
             "Parses the export's ONNX graphs with TensorRT and writes one engine per graph, each "
             "with a JSON key (ONNX sha256, TensorRT version, GPU and compute capability, "
             "precision, profile). Engines whose key still matches are reused; others are "
-            "rebuilt. Frame sizes are padded up to the model stride. The read decoder's memory "
-            "grows with objects x (H*W/256)^2, so size --max-* for the videos you run."
+            "rebuilt. Frame sizes are padded up to the model stride. The default profile takes "
+            "frames up to landscape 1080p (1080x1920) and 6 objects, tuned for 480p; --resolution "
+            "4k (or HxW) raises it. The read decoder's memory grows with objects x (H*W/256)^2, "
+            "so size it for the videos you run. `mlvos run --backend trt` picks a profile that "
+            "covers its video by itself."
         ),
     )
     p.add_argument("--model", required=True, help="export directory (with manifest.json)")
     p.add_argument("--precision", choices=ENGINE_PRECISIONS, default="fp16")
-    p.add_argument("--max-height", type=int, default=None, help="largest frame height (720)")
-    p.add_argument("--max-width", type=int, default=None, help="largest frame width (1280)")
+    p.add_argument(
+        "--resolution", default=None, metavar="R",
+        help="largest frame: 480p, 720p, 1080p, 4k or HxW (sets --max-height/--max-width; "
+        "default 1080p)")
+    p.add_argument("--max-height", type=int, default=None, help="largest frame height (1080)")
+    p.add_argument("--max-width", type=int, default=None, help="largest frame width (1920)")
     p.add_argument("--max-objects", type=int, default=None, help="most objects at once (6)")
     p.add_argument("--opt-height", type=int, default=None, help="height tuned for (480)")
     p.add_argument("--opt-width", type=int, default=None, help="width tuned for (864)")
@@ -66,11 +73,15 @@ def main_engine(args: argparse.Namespace) -> int:
 
     from mlvos.runtime.backends.trt import BuildOptions, EngineCacheError, Profile, ensure_engines
     from mlvos.runtime.manifest import Manifest
+    from mlvos.runtime.spec import parse_resolution
 
     manifest = Manifest.load(args.model)
-    given = {
+    given = {}
+    if args.resolution:
+        _, given["max_height"], given["max_width"] = parse_resolution(args.resolution)
+    given.update({
         f.name: getattr(args, f.name) for f in fields(Profile) if getattr(args, f.name) is not None
-    }
+    })
     profile = Profile(**given) if given else None
     timing = None if str(args.timing_cache).lower() == "none" else args.timing_cache
     options = BuildOptions(
@@ -234,7 +245,7 @@ def main_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     n = 0
     try:
-        with _open(args) as runner:
+        with _open(args, [source.size] if args.backend == "trt" else []) as runner:
             pred = VideoPredictor(
                 runner,
                 mem_every=args.mem_every or DEFAULT_MEM_EVERY,
@@ -280,12 +291,22 @@ def main_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(args: argparse.Namespace):
+def _open(args: argparse.Namespace, sizes: list[tuple[int, int]]):
+    """The runner; for trt with engines whose profile covers `sizes` (frame sizes, before
+    --max-side/--scale), reusing the cached engines when theirs already does."""
     from mlvos.runtime.backends import open_runner
 
+    profile = None
+    if args.backend == "trt":
+        from mlvos.runtime.backends.trt import profile_for
+        from mlvos.runtime.manifest import Manifest
+        from mlvos.runtime.spec import internal_size
+
+        inner = [internal_size(h, w, args.max_side, args.scale) for h, w in sizes]
+        profile = profile_for(Manifest.load(args.model), args.precision, inner, args.engine_dir)
     return open_runner(args.model, backend=args.backend, precision=args.precision,
                        device=args.device, threads=args.threads, engine_dir=args.engine_dir,
-                       allow_build=not args.no_build, cuda_graph=args.cuda_graph)
+                       allow_build=not args.no_build, cuda_graph=args.cuda_graph, profile=profile)
 
 
 def _run_dataset(args: argparse.Namespace, palette_io, tqdm) -> int:
@@ -303,7 +324,9 @@ def _run_dataset(args: argparse.Namespace, palette_io, tqdm) -> int:
     total = sum(len(seq) for seq in dataset)
     timings = {s: [] for s in TIMED_STAGES}
     t0 = time.perf_counter()
-    with _open(args) as runner, atomic_dir(args.out, force=True) as tmp, \
+    sizes = sorted({seq.read_frame(0).shape[:2] for seq in dataset}) if args.backend == "trt" \
+        else []
+    with _open(args, sizes) as runner, atomic_dir(args.out, force=True) as tmp, \
             tqdm(total=total, unit="frame") as bar:
         for seq in dataset:
             pred = VideoPredictor(runner, mem_every=args.mem_every or DEFAULT_MEM_EVERY,

@@ -45,6 +45,31 @@ DEFAULT_MEM_EVERY: int = 5
 MAX_OBJECT_ID: int = 255
 
 
+# Named frame sizes (height, width): profiles, sweeps and engine builds take these or "HxW".
+RESOLUTIONS: dict[str, tuple[int, int]] = {
+    "480p": (480, 854),
+    "720p": (720, 1280),
+    "1080p": (1080, 1920),
+    "4k": (2160, 3840),
+}
+
+
+def parse_resolution(text: str) -> tuple[str, int, int]:
+    """ "480p" | "720p" | "1080p" | "4k" | "HxW" -> (label, height, width)."""
+    text = text.strip()
+    if text.lower() in RESOLUTIONS:
+        return (text.lower(), *RESOLUTIONS[text.lower()])
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(
+            f"resolution {text!r} is not one of {', '.join(RESOLUTIONS)} or HEIGHTxWIDTH"
+        ) from None
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise InputError(f"resolution {text!r}: both sides must be >= {MIN_SIDE}")
+    return (f"{h}x{w}", h, w)
+
+
 # Per-frame stages the predictor times (milliseconds per frame; "total" = the whole step), and
 # the stages that do work (all but "total").
 TIMED_STAGES: tuple[str, ...] = (

@@ -48,6 +48,23 @@ class FrameSource:
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the frames, read from the first image or the video's header."""
+        if self.files is not None:
+            image = require("PIL.Image", "ort", "reading image frames")
+            try:
+                with image.open(self.files[0]) as im:
+                    return im.height, im.width
+            except OSError as e:
+                raise DatasetError(f"cannot read frame {self.files[0]}: {e}") from None
+        cv2 = require("cv2", "train", "reading video files")
+        cap = cv2.VideoCapture(str(self.path))
+        try:
+            return int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        finally:
+            cap.release()
+
     def __iter__(self) -> Iterator[np.ndarray]:
         if self.files is not None:
             image = require("PIL.Image", "ort", "reading image frames")

@@ -26,6 +26,7 @@ def open_runner(
     allow_build: bool = True,
     cuda_graph: bool = False,
     io_binding: bool | None = None,
+    profile=None,
 ):
     """Create a Runner.
 
@@ -40,6 +41,9 @@ def open_runner(
         capacity: memory slots for the torch backend when given a bare checkpoint.
         engine_dir / allow_build / cuda_graph: trt only (see runtime.backends.trt.TrtRunner);
             the CUDA device index is taken from `device` ("cuda:1" -> 1, else 0).
+        profile: trt only: the engines' runtime.backends.trt.Profile (frame sizes and object
+            counts they accept). Default: the cached engines' profile, else the default one
+            (up to landscape 1080p and 6 objects); `Profile.covering([(h, w)])` for others.
         io_binding: ort only: keep the bank and features in device OrtValues (OrtBoundRunner).
             Default: on for CUDA/TensorRT providers, off on the CPU (already copy-free).
     """
@@ -72,6 +76,7 @@ def open_runner(
             allow_build=allow_build,
             cuda_graph=cuda_graph,
             device=index,
+            profile=profile,
         )
     from mlvos.runtime.backends.torch_backend import TorchRunner
 

@@ -9,7 +9,6 @@ import types
 import numpy as np
 import pytest
 
-from mlvos.errors import InputError
 from mlvos.profiling import (
     REPORT_FORMAT,
     StageTimer,
@@ -17,7 +16,6 @@ from mlvos.profiling import (
     comparable_metrics,
     compare_reports,
     host_memory,
-    parse_resolution,
     reset_peak_rss,
     stage_sum_check,
     summarize,
@@ -46,20 +44,6 @@ def test_stage_sum_check():
     assert ok["ok"] and ok["sum_ms"] == 50.0 and ok["rel_diff"] == pytest.approx(2 / 52)
     stats["total"] = {"mean": 80.0}
     assert not stage_sum_check(stats)["ok"]
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [("480p", ("480p", 480, 854)), ("1080p", ("1080p", 1080, 1920)), ("64x96", ("64x96", 64, 96))],
-)
-def test_parse_resolution(text, expected):
-    assert parse_resolution(text) == expected
-
-
-@pytest.mark.parametrize("text", ["4k", "16x16", "axb"])
-def test_parse_resolution_rejects(text):
-    with pytest.raises(InputError, match="resolution"):
-        parse_resolution(text)
 
 
 def test_int_list():

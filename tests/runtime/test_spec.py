@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from mlvos.errors import InputError
 from mlvos.runtime import spec
 
 
@@ -21,3 +22,18 @@ def test_padding_round_trip(h, w, stride):
 def test_torch_order():
     pad = spec.Padding(1, 2, 3, 4)
     assert pad.as_torch == (3, 4, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("480p", ("480p", 480, 854)), ("1080p", ("1080p", 1080, 1920)), ("4K", ("4k", 2160, 3840)),
+     ("64x96", ("64x96", 64, 96))],
+)
+def test_parse_resolution(text, expected):
+    assert spec.parse_resolution(text) == expected
+
+
+@pytest.mark.parametrize("text", ["8k", "16x16", "axb"])
+def test_parse_resolution_rejects(text):
+    with pytest.raises(InputError, match="resolution"):
+        spec.parse_resolution(text)

@@ -36,6 +36,7 @@ from mlvos.runtime.backends.trt.build import (
     build_serialized,
     ensure_engines,
     plan_engines,
+    profile_for,
 )
 from mlvos.runtime.backends.trt.cache import (
     ENGINE_DIR,
@@ -93,6 +94,7 @@ __all__ = [
     "engine_key",
     "engine_paths",
     "ensure_engines",
+    "profile_for",
     "key_mismatches",
     "metadata_path",
     "min_side",

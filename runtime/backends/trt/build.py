@@ -378,3 +378,19 @@ def ensure_engines(
         log.info(f"{g}: (re)building because " + "; ".join(reasons))
         records[g] = _build(plan, planned, options)
     return records
+
+
+def profile_for(
+    manifest: Manifest,
+    precision: str,
+    sizes: list[tuple[int, int]],
+    engine_dir: str | Path | None = None,
+) -> Profile:
+    """The profile to open engines with for frames of `sizes` ((height, width) as the network
+    sees them, before padding): the cached engines' profile when it covers them all (no rebuild),
+    else one that covers them and the cached (or default) range."""
+    stored = stored_profile(Path(engine_dir or manifest.root / ENGINE_DIR), precision)
+    base = stored or Profile()
+    if all(base.covers(manifest, h, w) for h, w in sizes):
+        return base
+    return Profile.covering(sizes, base)

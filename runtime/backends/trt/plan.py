@@ -38,15 +38,38 @@ class Profile:
     """Optimization profile: ranges of the dynamic dims O (objects) and H, W (padded frame size).
 
     Minimums are fixed: 1 object and the smallest legal frame (MIN_SIDE padded to the stride).
-    Heights and widths are rounded up to the stride by `fitted`; T (capacity) is static.
+    Heights and widths are rounded up to the stride by `fitted`; T (capacity) is static. The
+    default covers landscape 1080p (1080x1920, padded 1088x1920) and is tuned for 480p;
+    `covering` makes one for the frames a run will actually see.
     """
 
     max_objects: int = 6
     opt_objects: int = 2
-    max_height: int = 720
-    max_width: int = 1280
+    max_height: int = 1080
+    max_width: int = 1920
     opt_height: int = 480
     opt_width: int = 864
+
+    @classmethod
+    def covering(cls, sizes: list[tuple[int, int]], base: Profile | None = None) -> Profile:
+        """A profile whose maximum covers `base` (default: the default profile) and every
+        (height, width) in `sizes` (frame sizes as the network sees them), tuned (opt) for the
+        largest of `sizes`."""
+        base = base or cls()
+        if not sizes:
+            return base
+        h = max(s[0] for s in sizes)
+        w = max(s[1] for s in sizes)
+        return replace(
+            base, max_height=max(base.max_height, h), max_width=max(base.max_width, w),
+            opt_height=h, opt_width=w,
+        )
+
+    def covers(self, manifest: Manifest, height: int, width: int) -> bool:
+        """Whether engines of this profile run a (height, width) frame once padded."""
+        fitted = self.fitted(manifest)
+        ph, pw = padded_size(height, width, manifest.stride)
+        return ph <= fitted.max_height and pw <= fitted.max_width
 
     def fitted(self, manifest: Manifest) -> Profile:
         """This profile made legal for `manifest`: sizes padded to the stride (or pinned to a
