@@ -73,6 +73,40 @@ def check(result: Any, call: str) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
+def cuda_versions() -> dict[str, str]:
+    """{"driver": CUDA version the driver supports ("none" without a driver), "runtime": CUDA
+    version of the runtime cuda-python loads} as "12.6"-style strings; "unknown" where the query
+    fails. Never raises (it explains why no device is usable)."""
+
+    def text(v: int) -> str:
+        return "none" if v == 0 else f"{v // 1000}.{v % 1000 // 10}"
+
+    out = {"driver": "unknown", "runtime": "unknown"}
+    try:
+        rt = cudart()
+        for key, call in (("driver", "cudaDriverGetVersion"), ("runtime", "cudaRuntimeGetVersion")):
+            err, version = getattr(rt, call)()
+            if err == rt.cudaError_t.cudaSuccess:
+                out[key] = text(int(version))
+    except Exception:  # noqa: BLE001 - best effort, for messages and cache keys
+        pass
+    return out
+
+
+def _driver_hint(rt: Any) -> str:
+    """Why cudaErrorInsufficientDriver, and the fix (the usual cause: a cuda-python built for a
+    newer CUDA major than the driver supports)."""
+    v = cuda_versions()
+    if v["driver"] == "none":
+        return "; no NVIDIA driver is installed (is this a GPU machine?)"
+    if v["driver"] == "unknown" or v["runtime"] == "unknown":
+        return ""
+    major = v["driver"].split(".")[0]
+    return (f"; the driver supports CUDA {v['driver']} but cuda-python loads the CUDA "
+            f"{v['runtime']} runtime: pip install 'cuda-python>={major},<{int(major) + 1}' "
+            "(the CUDA major of your driver and TensorRT)")
+
+
 def cuda_device_status(device: int = 0) -> tuple[bool, str]:
     """(True, description) if CUDA device `device` is usable, else (False, why). Never raises."""
     try:
@@ -82,7 +116,9 @@ def cuda_device_status(device: int = 0) -> tuple[bool, str]:
     try:
         err, count = rt.cudaGetDeviceCount()
         if err != rt.cudaError_t.cudaSuccess:
-            return False, f"cudaGetDeviceCount failed with {_error_text(rt, err)}"
+            hint = _driver_hint(rt) if err == getattr(
+                rt.cudaError_t, "cudaErrorInsufficientDriver", None) else ""
+            return False, f"cudaGetDeviceCount failed with {_error_text(rt, err)}{hint}"
         if count <= device:
             return False, f"{count} CUDA device(s) visible, device {device} requested"
         err, prop = rt.cudaGetDeviceProperties(device)

@@ -266,7 +266,7 @@ def _key(tmp_path, **over):
         graph=info,
         precision="fp32",
         recipe=Recipe("fp32", False),
-        target=Target("10.3.0", "Orin", "8.7", "aarch64"),
+        target=Target("10.3.0", "Orin", "8.7", "aarch64", "unknown", "12.6"),
         profile=profile,
         shapes=profile_shapes(info, profile, m.stride),
         dla_core=None,
@@ -292,15 +292,24 @@ def _write_engine(tmp_path, key, data=b"serialized-engine"):
     return engine
 
 
+def _target(**changes) -> Target:
+    """The Jetson target of _key (JetPack 6: apt TensorRT 10.3, CUDA 12.6), with `changes`."""
+    return Target(**{**dict(tensorrt="10.3.0", gpu="Orin", compute_capability="8.7",
+                            platform="aarch64", tensorrt_cuda="unknown", cuda_runtime="12.6"),
+                     **changes})
+
+
 def test_engine_cache_detects_every_kind_of_staleness(tmp_path):
     key = _key(tmp_path)
     engine = _write_engine(tmp_path, key)
     assert check_cached(engine, key) == []
     stale = {
-        "tensorrt": _key(tmp_path, target=Target("11.4.0.106", "Orin", "8.7", "aarch64")),
-        "gpu": _key(tmp_path, target=Target("10.3.0", "NVIDIA H100", "8.7", "aarch64")),
-        "compute_capability": _key(tmp_path, target=Target("10.3.0", "Orin", "9.0", "aarch64")),
-        "platform": _key(tmp_path, target=Target("10.3.0", "Orin", "8.7", "x86_64")),
+        "tensorrt": _key(tmp_path, target=_target(tensorrt="11.4.0.106")),
+        "gpu": _key(tmp_path, target=_target(gpu="NVIDIA H100")),
+        "compute_capability": _key(tmp_path, target=_target(compute_capability="9.0")),
+        "platform": _key(tmp_path, target=_target(platform="x86_64")),
+        "tensorrt_cuda": _key(tmp_path, target=_target(tensorrt_cuda="12")),
+        "cuda_runtime": _key(tmp_path, target=_target(cuda_runtime="13.0")),
         "recipe": _key(tmp_path, recipe=Recipe("fp32", True)),
         "precision": _key(tmp_path, precision="fp16"),
         "dla_core": _key(tmp_path, dla_core=0),

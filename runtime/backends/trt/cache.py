@@ -38,11 +38,28 @@ class Target:
     gpu: str
     compute_capability: str
     platform: str
+    tensorrt_cuda: str  # CUDA major TensorRT was built for ("12"), from its wheel; else "unknown"
+    cuda_runtime: str  # the CUDA runtime cuda-python loads ("12.6"): the system CUDA on JetPack
+
+
+def tensorrt_cuda_major() -> str:
+    """The CUDA major of the installed TensorRT wheel, from its distribution name
+    (tensorrt-cu12, tensorrt_cu13_libs, ...); "unknown" for a system install (JetPack's apt
+    packages carry no such name: the cuda_runtime field of the key covers that case)."""
+    import importlib.metadata
+
+    majors = set()
+    for dist in importlib.metadata.distributions():
+        m = re.fullmatch(r"tensorrt[-_]cu(\d+)(?:[-_].*)?", (dist.metadata["Name"] or "").lower())
+        if m:
+            majors.add(m.group(1))
+    return majors.pop() if len(majors) == 1 else "unknown"
 
 
 def current_target(trt: Any, device: int = 0) -> Target:
     info = cuda_mem.device_info(device)
-    return Target(trt.__version__, info.name, info.compute_capability, platform.machine())
+    return Target(trt.__version__, info.name, info.compute_capability, platform.machine(),
+                  tensorrt_cuda_major(), cuda_mem.cuda_versions()["runtime"])
 
 
 @dataclass(frozen=True)
