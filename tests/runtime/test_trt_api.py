@@ -294,9 +294,13 @@ def test_trt_backend_uses_only_portable_api(apis):
         "`# trt-compat: NAME reason`, or use the portable API):\n  " + "\n  ".join(report.findings)
     )
     assert not report.unused_markers, f"stale trt-compat markers: {report.unused_markers}"
-    # The only version-specific API is BuilderFlag.FP16, for the 10.x fp16 fallback.
+    # The only version-specific APIs are those of the 10.x fp16 flag path: BuilderFlag.FP16 and
+    # the precision constraints that pin the export's FP32 nodes.
     guarded = {(acc.owner, acc.attr) for acc, _ in report.guarded}
-    assert guarded == {("BuilderFlag", "FP16")}, report.guarded
+    assert guarded == {
+        ("BuilderFlag", "FP16"), ("BuilderFlag", "OBEY_PRECISION_CONSTRAINTS"),
+        ("ILayer()", "precision"), ("ILayer()", "set_output_type"),
+    }, report.guarded
 
 
 def test_checker_is_not_vacuous(apis):

@@ -34,7 +34,7 @@ from mlvos.runtime.backends.trt.cache import (
 from mlvos.runtime.backends.trt.common import EngineCacheError, TrtError, _import_trt
 from mlvos.runtime.backends.trt.plan import Profile, Recipe, profile_shapes, recipe_for
 from mlvos.runtime.manifest import GraphInfo, Manifest
-from mlvos.runtime.spec import Graph
+from mlvos.runtime.spec import Graph, Precision
 
 # Named `log`, not `logger`: test_trt_api reads a `logger` as a TensorRT ILogger.
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ class EnginePlan:
     key: dict[str, Any]
     path: Path
     meta_path: Path
+    fp32_layers: tuple[str, ...] = ()  # flag path: ONNX nodes pinned to FP32 (see _constrain)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,10 @@ def plan_engines(
     for g in graphs:
         info = manifest.graph(g, recipe.source)  # verifies the ONNX file's sha256
         shapes = profile_shapes(info, profile, manifest.stride)
+        if options.dla_core is not None:
+            # DLA runs static shapes only: a fixed-size engine at the profile's maximum
+            shapes = {name: [hi, hi, hi] for name, (_, _, hi) in shapes.items()}
+        fp32_layers = _flag_path_fp32_nodes(manifest, g) if recipe.fp16_flag else ()
         key = engine_key(
             graph=info,
             precision=precision,
@@ -150,7 +155,11 @@ def plan_engines(
             shapes=shapes,
             dla_core=options.dla_core,
         )
-        engines[g] = EnginePlan(g, info, shapes, key, *engine_paths(engine_dir, g, precision))
+        if fp32_layers:
+            key["fp32_layers"] = list(fp32_layers)
+        engines[g] = EnginePlan(
+            g, info, shapes, key, *engine_paths(engine_dir, g, precision), fp32_layers
+        )
     return BuildPlan(
         recipe,
         target,
@@ -159,6 +168,57 @@ def plan_engines(
         Path(timing_cache) if timing_cache is not None else None,
         engines,
     )
+
+
+def _flag_path_fp32_nodes(manifest: Manifest, graph: str) -> tuple[str, ...]:
+    """The ONNX nodes that must stay FP32 when `graph` is built from its FP32 file with the FP16
+    flag: those the export's FP16 conversion kept FP32 (manifest fp16 entry's fp32_nodes: the
+    soft aggregation, Resize, overflowing nodes). The aggregation scope is added at build time."""
+    entry = manifest.data["graphs"].get(graph, {}).get("fp16")
+    if entry is None or "fp32_nodes" not in entry:
+        raise InputError(
+            f"building fp16 {graph} with BuilderFlag.FP16 (TensorRT < 10.12) pins the nodes the "
+            "export's FP16 conversion kept FP32, but this export has no fp16 graphs; re-export "
+            "with `mlvos export --precision fp32 fp16`, or build fp32"
+        )
+    return tuple(sorted(d["name"] if isinstance(d, dict) else str(d) for d in entry["fp32_nodes"]))
+
+
+# Layers of the read_decoder's soft aggregation (export/wrappers.py names its nodes so).
+AGGREGATE_SCOPE = "/aggregate/"
+
+
+def _constrain(trt: Any, network: Any, config: Any, fp32_nodes: tuple[str, ...]) -> dict:
+    """Flag path (FP32 graph + BuilderFlag.FP16, TensorRT < 10.12): run the layers of
+    `fp32_nodes` and of the aggregation scope in FP32 with obeyed precision constraints, and
+    carry the query features and the memory bank as FP16 I/O (Precision.HALF_IO), as the
+    strongly typed FP16 graph does. Returns {"pinned": layer names, "missing": node names
+    matching no layer, "half_io": tensor names}."""
+    wanted = set(fp32_nodes)
+    pinned, found = [], set()
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.name in wanted or AGGREGATE_SCOPE in layer.name:
+            # trt-compat: precision 10.x only (weakly typed networks); the flag path is 10.x only
+            layer.precision = trt.DataType.FLOAT
+            for j in range(layer.num_outputs):
+                # trt-compat: set_output_type 10.x only; the flag path is 10.x only
+                layer.set_output_type(j, trt.DataType.FLOAT)
+            pinned.append(layer.name)
+            found.add(layer.name)
+    # trt-compat: OBEY_PRECISION_CONSTRAINTS exists in 10.x only (flag path only)
+    config.set_flag(getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS"))  # noqa: B009
+    half_io = []
+    for tensor in [*(network.get_input(i) for i in range(network.num_inputs)),
+                   *(network.get_output(i) for i in range(network.num_outputs))]:
+        if tensor.name in Precision.HALF_IO:
+            tensor.dtype = trt.DataType.HALF
+            half_io.append(tensor.name)
+    missing = sorted(wanted - found)
+    if missing:
+        log.warning(f"  {len(missing)} FP32 node(s) of the export match no TensorRT layer by "
+                    f"name and run at TensorRT's choice: {missing[:5]}")
+    return {"pinned": pinned, "missing": missing, "half_io": sorted(half_io)}
 
 
 # ------------------------------------------------------------------------------ TensorRT build
@@ -234,6 +294,7 @@ def build_serialized(
     *,
     timing_cache: Path | None,
     options: BuildOptions,
+    fp32_layers: tuple[str, ...] = (),
 ) -> bytes:
     """Parse `info`'s ONNX and build a serialized engine with one optimization profile.
 
@@ -241,6 +302,7 @@ def build_serialized(
         timing_cache: the resolved timing-cache file (read if present, rewritten after the
             build), or None; `options.timing_cache` is not consulted.
         options: dla_core, workspace_mib, verbose and device are used.
+        fp32_layers: flag path only: ONNX nodes to pin to FP32 (see _constrain).
 
     Raises:
         NoCudaDeviceError / MissingDependencyError: no GPU, or tensorrt/cuda-python missing.
@@ -259,6 +321,9 @@ def build_serialized(
     if recipe.fp16_flag:
         # trt-compat: FP16 exists in 10.x only; plan_recipe takes this branch only where it does
         config.set_flag(getattr(trt.BuilderFlag, "FP16"))  # noqa: B009 - invisible to 11.x stubs
+        constrained = _constrain(trt, network, config, fp32_layers)
+        log.info(f"  {len(constrained['pinned'])} layer(s) pinned to FP32, FP16 I/O: "
+                 f"{', '.join(constrained['half_io']) or 'none'}")
     if options.workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
     if dla_core is not None:
@@ -301,7 +366,8 @@ def _build(plan: BuildPlan, planned: EnginePlan, options: BuildOptions) -> Engin
     )
     t0 = time.perf_counter()
     data = build_serialized(
-        planned.info, recipe, planned.shapes, timing_cache=plan.timing_cache, options=options
+        planned.info, recipe, planned.shapes, timing_cache=plan.timing_cache, options=options,
+        fp32_layers=planned.fp32_layers,
     )
     seconds = time.perf_counter() - t0
     meta = write_engine(planned.path, planned.key, data, seconds)
