@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "engine": "mlvos.runtime.cli",
     "run": "mlvos.runtime.cli",
     "profile": "mlvos.profiling.cli",
+    "check": "mlvos.profiling.cli",
     "demo": "mlvos.cli",
     "env": "mlvos.cli",
 }

@@ -20,7 +20,9 @@ CUDA events recorded on the TensorRT stream).
 Modules: probes (stage timers, host and device memory probes), measure
 (statistics, synthetic videos, predictor runs, read+decode timing, GMACs), sweeps (ProfileConfig
 and run_profile), report (report.json, CSV, text tables, compare), plots (PNG plots), onnx_macs
-(MACs counted on the exported graphs), gpu_check (the time-boxed torch-on-GPU check) and cli.
+(MACs counted on the exported graphs), gpu_check (the time-boxed torch-on-GPU check), compare
+(`mlvos check`: each precision's graphs or TensorRT engines vs FP32 with Polygraphy's
+comparator), fusion (the attention fusion read from a TensorRT engine's layers) and cli.
 This module re-exports the public names of the first five (each module's __all__). numpy only at
 import time; torch, onnx and matplotlib are imported where they are needed.
 """

@@ -1,4 +1,5 @@
 """`mlvos profile`: latency sweeps of a deployed model; `compare` two reports; `gpu-check`.
+`mlvos check`: per-graph numerics of each precision (or TensorRT engine) against FP32.
 
 Only argparse is imported at module level; numpy, torch, onnx and matplotlib are imported by the
 commands, so `mlvos profile --help` works without them.
@@ -287,5 +288,84 @@ def main_gpu_check(args: argparse.Namespace) -> int:
     return 0 if report.get("status") == "ok" else 1
 
 
+def register_check(sub: argparse._SubParsersAction) -> None:
+    from mlvos.runtime.spec import DEFAULT_MEM_EVERY, Precision
+
+    p = sub.add_parser(
+        "check",
+        help="numerics per graph and precision vs FP32 (Polygraphy), TensorRT attention fusion",
+        description=(
+            "Record what each graph receives during an FP32 propagation (--data, or a synthetic "
+            "video), then run every candidate graph on exactly those inputs with Polygraphy's "
+            "comparator against the FP32 graphs on onnxruntime: TensorRT engines where TensorRT "
+            "and a GPU are present, else the fp16/int8 graphs on onnxruntime. Prints per output "
+            "the max abs / rel error and pass/fail per precision, whether TensorRT fused the "
+            "memory read's attention, and the `polygraphy run` lines that repeat each "
+            "comparison from the saved feeds. Writes check.json, feeds/ and outputs/ to --out. "
+            "Exit status 1 when a precision fails."
+        ),
+    )
+    p.add_argument("--model", required=True, metavar="EXPORT_DIR", help="export directory")
+    p.add_argument(
+        "--data", default=None, metavar="DATASET",
+        help="DAVIS-layout dataset to propagate (default: a synthetic video)",
+    )
+    p.add_argument("--split", default="val", help="split of --data (default: val)")
+    p.add_argument("--sequences", nargs="+", default=None, help="sequences of --data to use")
+    p.add_argument(
+        "--precision", nargs="+", default=None, choices=Precision.GRAPHS, dest="precisions",
+        help="candidates (default: trt, every precision of the export; ort, all but fp32)",
+    )
+    p.add_argument(
+        "--backend", choices=("auto", "ort", "trt"), default="auto",
+        help="trt: TensorRT engines (built if needed); ort: onnxruntime graphs; auto (default): "
+        "trt when TensorRT and a CUDA device are there, else ort",
+    )
+    p.add_argument(
+        "--samples", type=int, default=4, help="recorded frames, one feed per graph each (4)"
+    )
+    p.add_argument("--out", default=None, help="report folder (default: EXPORT_DIR/check)")
+    p.add_argument(
+        "--mem-every", type=int, default=DEFAULT_MEM_EVERY,
+        help=f"memory period of the recording ({DEFAULT_MEM_EVERY})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic video")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (recording)")
+    p.add_argument("--engine-dir", default=None, help="TensorRT engines (EXPORT_DIR/engines)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device index (trt)")
+    p.set_defaults(func=main_check)
+
+
+def main_check(args: argparse.Namespace) -> int:
+    from mlvos.profiling.compare import CHECK_FILE, run_check, summary_table
+
+    report = run_check(
+        model=args.model,
+        out=args.out,
+        data=args.data,
+        split=args.split,
+        sequences=args.sequences,
+        precisions=args.precisions,
+        backend=args.backend,
+        samples=args.samples,
+        mem_every=args.mem_every,
+        seed=args.seed,
+        threads=args.threads,
+        engine_dir=args.engine_dir,
+        device=args.device,
+    )
+    print()
+    print(summary_table(report))
+    print("\nrepeat by hand (reference outputs, then each comparison):")
+    for line in report["polygraphy_commands"]:
+        print(f"  {line}")
+    for a in report["attention"].values():
+        if a.get("inspect_command"):
+            print(f"  {a['inspect_command']}")
+    out = args.out or f"{args.model}/check"
+    print(f"wrote {out}/{CHECK_FILE} ({report['seconds']:.0f} s)")
+    return 0 if report["passed"] else 1
+
+
 # name -> register function; mlvos.cli adds it to `mlvos` in pipeline order.
-SUBCOMMANDS = {"profile": register}
+SUBCOMMANDS = {"profile": register, "check": register_check}
