@@ -306,8 +306,9 @@ class TrtRunner(Runner):
             raise InputError(
                 f"{name} of shape {tuple(shape)} exceeds the engine's maximum {tuple(limit)} "
                 f"(frames up to {self.max_size[0]}x{self.max_size[1]} padded, {self.max_objects} "
-                "objects); rebuild with `mlvos engine --max-height/--max-width/--max-objects`, "
-                "or shrink frames with the predictor's max_side"
+                "objects); rebuild with `mlvos engine --resolution HxW` (or --max-objects), "
+                "open the runner with a covering Profile (`mlvos run` picks one by itself), or "
+                "shrink frames with the predictor's max_side (`mlvos run --max-side`)"
             )
 
     def download(self, value: DeviceArray) -> np.ndarray:
