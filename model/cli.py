@@ -18,7 +18,7 @@ TRAIN_DESCRIPTION = """\
     mlvos train --stage main --init runs/pre/last.pt --out runs/main --data synth ...
     mlvos train --stage finetune --init runs/main/last.pt --out runs/ft \\
                 --video DAVIS/JPEGImages/480p/bear --mask DAVIS/Annotations/480p/bear/00000.png
-    mlvos train --resume runs/main [--steps N] [--time-limit MIN]
+    mlvos train --resume runs/main [--time-limit MIN] [--stop-after N]   (same options)
     torchrun --nproc_per_node 4 -m mlvos.cli train --stage main ...       (DDP, NCCL on CUDA)
     mlvos train plot runs/main/log.jsonl --out loss.png
     mlvos train demo --out .cache/demo/tiny.pt [--minutes 4]     (cached tiny demo model)
@@ -165,7 +165,8 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                      help="start from a previous stage's weights (variant from the checkpoint)")
     g.add_argument("--resume", default=_S, metavar="DIR_OR_CKPT",
                    help="continue an interrupted run exactly (model, optimizer, RNG, data "
-                   "position)")
+                   "position) with its own options; only runtime options (--time-limit, "
+                   "--stop-after, --save-every, --log-every, --workers, --threads, ...) may change")
     g.add_argument("--force", action="store_true", default=_S,
                    help="replace a previous run in --out")
     g.add_argument("--read-topk", type=int, default=_S, metavar="K",

@@ -16,10 +16,22 @@ from mlvos.runtime.spec import MIN_SIDE
 
 TRAINING_STAGES = ("pretrain", "main", "finetune")
 
-# Options a resumed run may change; every other option comes from the checkpoint so that the
-# continued run is the same run (data stream, schedule, model).
-RESUME_OVERRIDABLE = ("steps", "time_limit", "stop_after", "save_every", "keep_checkpoints",
-                      "workers", "log_every", "progress", "tensorboard", "threads", "out")
+# Options a resumed run may change: none of them alters the run's trajectory (its batches,
+# learning rates, losses and weights step by step); every other option comes from the checkpoint.
+# - time_limit / stop_after: only when this invocation stops; the next resume continues the run.
+# - save_every / keep_checkpoints / out: where and how often the state is written. Saving reads
+#   the RNG states, it draws nothing.
+# - log_every / progress / tensorboard: reporting only.
+# - workers: every batch is a function of (seed, rank, step) (data.py), whatever the worker count.
+# - threads: how CPU kernels split their work. It changes no option of the run; like resuming on
+#   another machine, it can change float rounding in the last bits, so a bit-exact resume also
+#   needs the same thread count, device and library versions.
+# `steps` is not here: the step total shapes the cosine schedule, the max-skip curriculum and the
+# bootstrap loss ramp at every step, so a resume with another --steps would be neither the old
+# run nor a fresh one. A finished run is extended by a new run initialised from its weights
+# (`--init RUN/last.pt --steps N --out NEW`: fresh optimizer and schedule).
+RESUME_OVERRIDABLE = ("time_limit", "stop_after", "save_every", "keep_checkpoints", "workers",
+                      "log_every", "progress", "tensorboard", "threads", "out")
 
 
 @dataclass
@@ -42,8 +54,10 @@ class TrainOptions:
         size: square crop side (paper 384); batch: clips per process per step (paper 4).
         max_objects: object slots K per clip (3); max_skip: (low, high) curriculum of main
             training.
-        steps: total optimizer steps of the stage; time_limit: minutes of this invocation
-            before a clean stop; stop_after: stop after this many steps of this invocation.
+        steps: total optimizer steps of the stage (fixed for the run: it shapes the schedule,
+            the max-skip curriculum and the bootstrap ramp); time_limit: minutes of this
+            invocation before a clean stop; stop_after: stop after this many steps of this
+            invocation.
         lr: Adam learning rate (None = the paper's per stage); schedule / warmup: see
             schedule.py; grad_clip: max gradient norm (0 = off).
         loss: "ce" (plain cross-entropy over all pixels, the paper's) or "bootstrap"
@@ -185,22 +199,40 @@ class TrainOptions:
             raise InputError("--video / --mask / --sequence are for --stage finetune")
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "(none)"
+    return "(unset)" if value is None else str(value)
+
+
 def merge_resume_options(stored: dict[str, Any], given: TrainOptions,
                          explicit: set[str]) -> TrainOptions:
     """Options of a resumed run: the checkpoint's, with the explicitly given overridable ones.
 
+    An explicitly given option equal to the stored one is accepted (repeating the original
+    command line with --resume works).
+
     Raises:
-        InputError: an option that would change the run (data, model, lr, ...) was given.
+        InputError: options that alter the run's trajectory (steps, data, model, lr, ...) differ
+            from the checkpoint's; the message lists each with its stored and given value.
     """
     opts = TrainOptions.from_dict(stored)
     changing = sorted(k for k in explicit - set(RESUME_OVERRIDABLE) - {"resume", "force"}
                       if getattr(given, k) != getattr(opts, k))
     if changing:
-        flags = ", ".join("--" + k.replace("_", "-") for k in changing)
-        raise InputError(f"{flags} differ from the run being resumed; a resumed run keeps its "
-                         "data, model and optimizer options (only "
-                         + ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDABLE)
-                         + " may change). Start a new run with --init instead")
+        listed = "; ".join(f"{_flag(k)} {_shown(getattr(given, k))} (the run has "
+                           f"{_shown(getattr(opts, k))})" for k in changing)
+        raise InputError(
+            f"--resume {given.resume}: {listed}. These options define the run's trajectory "
+            "(schedule, curriculum, data, model), so a resumed run keeps the checkpoint's: drop "
+            "them to continue the run exactly. To train on with other options (a larger --steps "
+            "included), start a new run from its weights: --init CHECKPOINT --out NEW_DIR (a "
+            "fresh optimizer and schedule). A resume may change only "
+            + ", ".join(_flag(k) for k in RESUME_OVERRIDABLE))
     for k in explicit & set(RESUME_OVERRIDABLE):
         setattr(opts, k, getattr(given, k))
     opts.resume = given.resume

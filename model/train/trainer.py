@@ -8,7 +8,8 @@ One function, `train(options)`, runs a stage:
 - Adam + a LambdaLR schedule, cross-entropy over ClipModel's aggregated logits, AMP on CUDA;
 - DistributedDataParallel when launched by torchrun; only rank 0 writes;
 - checkpoints every `save_every` steps and at the end (atomic `last.pt`), carrying optimizer,
-  scheduler, GradScaler, RNG states and the step, so a resumed run continues bit-exactly on CPU;
+  scheduler, GradScaler, RNG states and the step, so a resumed run continues bit-exactly on CPU
+  (with the run's options: a resume may not change what shapes the trajectory, `--steps` included);
 - `log.jsonl` (one JSON object per logged step), tqdm progress, optional TensorBoard.
 
 The run's options and the rules for changing them on resume live in options.py.
@@ -358,8 +359,14 @@ def _train(opts: TrainOptions, info, state, load_model, build_model) -> TrainRes
             restore_rng(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
 
     if start_step >= opts.steps:
-        raise InputError(f"the run is already at step {start_step} of --steps {opts.steps}; "
-                         f"pass a larger --steps to continue it")
+        # Not "pass a larger --steps": the step total shapes the schedule, the curriculum and
+        # the loss ramp of every step, so a finished run is extended by a new run (options.py).
+        raise InputError(
+            f"the run is finished: it is at step {start_step} of its --steps {opts.steps}, and a "
+            "resume cannot change --steps. To train further, start a new run from its weights: "
+            f"mlvos train --stage {opts.stage} --init {resolve_resume(opts.resume)} --steps N "
+            "--out NEW_DIR with the run's data options (a fresh optimizer and schedule over the "
+            "N new steps)")
 
     lo, hi = opts.max_skip
     total = opts.steps

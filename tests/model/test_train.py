@@ -90,7 +90,8 @@ def test_resume_continues_bit_exactly(tmp_path):
     assert run([*common, "--out", str(full)]) == 0
     assert run([*common, "--out", str(part), "--stop-after", "2"]) == 0
     assert read_checkpoint(part / "last.pt")["iteration"] == 2
-    assert run(["--resume", str(part)]) == 0
+    # the original command line with --resume: options equal to the run's are accepted
+    assert run([*common, "--out", str(part), "--resume", str(part)]) == 0
     a, b = _losses(full), _losses(part)
     assert b.keys() == a.keys() == {1, 2, 3, 4, 5}
     for step in (3, 4, 5):
@@ -136,9 +137,34 @@ def test_out_dir_with_a_run_is_refused_unless_resume_or_force(tmp_path, capsys):
     assert run([*args, "--force"]) == 0
     # a resumed run may not silently change what it trains on
     assert run(["--resume", str(out), "--steps", "3", "--size", "96"]) == 1
-    assert "--size differ" in capsys.readouterr().err
+    assert "--size 96 (the run has 64)" in capsys.readouterr().err
+    # a finished run is extended by a new run from its weights, not by a larger --steps
     assert run(["--resume", str(out), "--steps", "1"]) == 1
-    assert "already at step 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the run is finished" in err and f"--init {out / 'last.pt'}" in err
+    assert "pass a larger --steps" not in err
+
+
+def test_resume_rejects_options_that_change_the_trajectory(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--stage", "main", "--out", str(out), "--steps", "3", *FAST]
+    assert run([*args, "--stop-after", "1"]) == 0
+    assert run(["--resume", str(out), "--steps", "6", "--lr", "1e-2", "--schedule", "cosine",
+                "--max-skip", "2,4"]) == 1
+    err = capsys.readouterr().err
+    for listed in ("--steps 6 (the run has 3)", "--lr 0.01 (the run has 0.001)",
+                   "--schedule cosine (the run has constant)",
+                   "--max-skip 2,4 (the run has 5,25)"):
+        assert listed in err, (listed, err)
+    assert "--init CHECKPOINT --out NEW_DIR" in err and "to continue it" not in err
+    assert read_checkpoint(out / "last.pt")["iteration"] == 1  # nothing ran
+    # the original options again, and options that leave the trajectory alone, are accepted
+    assert run([*args, "--resume", str(out), "--save-every", "1", "--log-every", "2",
+                "--workers", "0", "--threads", "1", "--time-limit", "60"]) == 0
+    state = read_checkpoint(out / "last.pt")
+    assert state["iteration"] == 3
+    assert state["extra"]["train"]["options"]["steps"] == 3
+    assert state["extra"]["train"]["options"]["save_every"] == 1
 
 
 def test_plot_writes_png(tmp_path):
