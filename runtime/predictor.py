@@ -3,6 +3,7 @@ chooses the slots). `propagate` runs it over a whole video."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -36,7 +37,18 @@ from mlvos.runtime.spec import (
 # Annotated frames are permanent; every `mem_every`-th frame is kept too (oldest evicted first);
 # the previous frame occupies one temporary slot. Permanent frames never take more than
 # capacity - 1 slots, so the bank (and the per-frame cost) stays bounded on unbounded videos.
+# A periodic frame (a prediction) never displaces an annotation (ground truth): with every
+# permanent slot annotated it is kept as the previous frame only. Only a new annotation can
+# evict an annotation, and then as `annotations` says (ANNOTATION_POLICIES), never silently.
 ANNOTATED, PERIODIC, TEMP = "annotated", "periodic", "temp"
+KEEP_LATEST, REFUSE = "keep-latest", "refuse"
+ANNOTATION_POLICIES = (KEEP_LATEST, REFUSE)
+# Where the bank's capacity is set (named in the messages): the static T of exported graphs, the
+# torch backend's slots.
+CAPACITY_FLAGS = ("`mlvos export --capacity` (ONNX / TensorRT), `mlvos infer --capacity` or "
+                  "open_runner(capacity=...) (PyTorch)")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,10 +58,31 @@ class SlotEntry:
 
 
 class MemoryPolicy:
-    def __init__(self, capacity: int):
+    """Slot choice for a bank of `capacity` frames (see the comment above).
+
+    Args:
+        capacity: memory slots, >= 2 (an annotation and the previous frame); capacity - 1 of them
+            hold permanent frames.
+        annotations: what a new annotation does when the capacity - 1 permanent slots already
+            hold annotations only (periodic frames are always evicted first):
+            "keep-latest" (default): the first annotation and the latest ones are kept; the
+            oldest annotation after the first is evicted, with a logged warning naming its
+            frame and the capacity flags. With capacity 2 (one permanent slot) the new
+            annotation replaces the previous one, the first included.
+            "refuse": raise InputError naming the capacity flags instead of evicting.
+
+    Raises:
+        ValueError: capacity < 2. InputError: an unknown `annotations`.
+    """
+
+    def __init__(self, capacity: int, annotations: str = KEEP_LATEST):
         if capacity < 2:
             raise ValueError(f"capacity must be >= 2 (annotated + previous frame), got {capacity}")
+        if annotations not in ANNOTATION_POLICIES:
+            raise InputError(f"annotations must be one of {ANNOTATION_POLICIES}, got "
+                             f"{annotations!r}")
         self.capacity = capacity
+        self.annotations = annotations
         self.slots: dict[int, SlotEntry] = {}
 
     def reset(self) -> None:
@@ -59,37 +92,55 @@ class MemoryPolicy:
         """(slot, frame index, kind) for every filled slot."""
         return sorted((s, e.frame, e.kind) for s, e in self.slots.items())
 
+    def annotated_frames(self) -> list[int]:
+        """Frame indices of the annotations in the bank, oldest first."""
+        return sorted(e.frame for e in self.slots.values() if e.kind == ANNOTATED)
+
+    def refusal(self, frame: int, kept: list[int]) -> str:
+        """The "refuse" message for an annotation of `frame` when frames `kept` (stored or
+        pending) are annotated already."""
+        return (f"the annotation of frame {frame} does not fit: a bank of capacity "
+                f"{self.capacity} keeps at most {self.capacity - 1} annotations (one slot is the "
+                f"previous frame's) and frames {kept} are annotated already; "
+                f"annotations='refuse' evicts none. Raise the capacity to at least "
+                f"{len(kept) + 2}: {CAPACITY_FLAGS}; or use annotations='keep-latest' (keeps "
+                "the first and the latest annotations, warning for each evicted one)")
+
     def place(self, frame: int, kind: str) -> tuple[int, list[int]]:
         """Choose the slot for `frame`.
 
         Returns:
             (slot to write, slots whose contents become invalid).
+
+        Raises:
+            InputError: annotations="refuse" and an annotation would be evicted (the bank is
+                left unchanged).
         """
         if kind not in (ANNOTATED, PERIODIC, TEMP):
             raise ValueError(f"unknown memory kind {kind!r}")
-        invalid: list[int] = []
         temp = [s for s, e in self.slots.items() if e.kind == TEMP]
         if kind == TEMP:
             slot = temp[0] if temp else self._free()
-        else:
-            # The previous frame's temporary copy is superseded by this newer permanent frame.
-            for s in temp:
-                del self.slots[s]
-                invalid.append(s)
-            permanent = [s for s, e in self.slots.items() if e.kind != TEMP]
-            if len(permanent) < self.capacity - 1:
-                slot = self._free()
-            else:
-                slot = self._evictable()
-                if slot is None:
-                    # capacity 2 with only the first annotation stored: a periodic frame can
-                    # only be the temporary "previous frame"; a new annotation replaces the old.
-                    if kind == PERIODIC:
-                        kind, slot = TEMP, self._free()
-                    else:
-                        slot = permanent[0]
-            if slot in invalid:
-                invalid.remove(slot)
+            self.slots[slot] = SlotEntry(frame, kind)
+            return slot, []
+        # Decide before changing anything, so that a refusal leaves the bank as it was.
+        evict = None
+        permanent = [s for s, e in self.slots.items() if e.kind != TEMP]
+        if len(permanent) >= self.capacity - 1:
+            evict = self._oldest_periodic()
+            if evict is None:
+                if kind == PERIODIC:
+                    kind = TEMP  # every permanent slot is annotated: keep it as the previous frame
+                else:
+                    evict = self._evicted_annotation(frame)
+        # The previous frame's temporary copy is superseded by this newer frame.
+        invalid: list[int] = []
+        for s in temp:
+            del self.slots[s]
+            invalid.append(s)
+        slot = evict if evict is not None else self._free()
+        if slot in invalid:
+            invalid.remove(slot)
         self.slots[slot] = SlotEntry(frame, kind)
         return slot, invalid
 
@@ -99,13 +150,24 @@ class MemoryPolicy:
                 return s
         raise RuntimeError("no free slot")  # unreachable: permanent frames use <= capacity - 1
 
-    def _evictable(self) -> int | None:
-        """Oldest periodic frame, else the oldest annotation after the first, else None."""
+    def _oldest_periodic(self) -> int | None:
         periodic = [(e.frame, s) for s, e in self.slots.items() if e.kind == PERIODIC]
-        if periodic:
-            return min(periodic)[1]
+        return min(periodic)[1] if periodic else None
+
+    def _evicted_annotation(self, frame: int) -> int:
+        """Slot of the annotation a new annotation of `frame` replaces (the oldest after the
+        first; with one permanent slot, the only one), warning; raises under "refuse"."""
         annotated = sorted((e.frame, s) for s, e in self.slots.items() if e.kind == ANNOTATED)
-        return annotated[1][1] if len(annotated) > 1 else None
+        if self.annotations == REFUSE:
+            raise InputError(self.refusal(frame, [f for f, _ in annotated]))
+        victim, slot = annotated[1] if len(annotated) > 1 else annotated[0]
+        logger.warning(
+            f"memory bank full: the annotation of frame {victim} is evicted for the annotation "
+            f"of frame {frame} (capacity {self.capacity} keeps {self.capacity - 1} annotations "
+            "besides the previous frame; annotations='keep-latest' keeps the first and the "
+            f"latest). To keep every annotation raise the capacity: {CAPACITY_FLAGS}; "
+            "annotations='refuse' makes this an error")
+        return slot
 
 
 def propagate(
@@ -171,6 +233,10 @@ class VideoPredictor:
         locality: location prior against look-alikes (runtime.locality): each object's
             probabilities are weighted by a Gaussian of sigma `locality` x its previous box's
             longer side around that box; 0 (default) = off. Host-side, after read_decoder.
+        annotations: when more annotated frames arrive than the bank keeps (runner.capacity -
+            1; periodic frames are evicted first): "keep-latest" (default) keeps the first and
+            the latest annotations and logs a warning for each one evicted; "refuse" makes the
+            add_mask that would need an eviction raise InputError. See MemoryPolicy.
     """
 
     def __init__(
@@ -183,6 +249,7 @@ class VideoPredictor:
         max_objects: int | None = None,
         profile: bool = False,
         locality: float = 0.0,
+        annotations: str = KEEP_LATEST,
     ):
         if mem_every < 1:
             raise InputError(f"mem_every must be >= 1, got {mem_every}")
@@ -198,7 +265,7 @@ class VideoPredictor:
         self.scale = float(scale)
         limit = min(getattr(runner, "max_objects", MAX_OBJECT_ID), MAX_OBJECT_ID)
         self.max_objects = min(max_objects or limit, limit)
-        self.policy = MemoryPolicy(runner.capacity)
+        self.policy = MemoryPolicy(runner.capacity, annotations)
         self.profile = profile
         self.locality = check_scale(locality)
         self.timings: dict[str, list[float]] = {s: [] for s in TIMED_STAGES}
@@ -238,6 +305,10 @@ class VideoPredictor:
             mask: (H, W) uint8 label map, 0 = background, ids 1..255.
             object_ids: ids of `mask` to use (default: all non-zero ids present). New ids join
                 the tracked objects; known ids are re-anchored to the mask.
+
+        Raises:
+            InputError: a frame already processed, a bad mask or ids, too many objects, or
+                annotations="refuse" and this annotation would not fit in the memory bank.
         """
         if frame_index < self.t:
             raise InputError(
@@ -266,6 +337,12 @@ class VideoPredictor:
                 f"{len(self.ids) + len(new)} objects requested but this engine supports at most "
                 f"{self.max_objects}; rebuild the engine with a larger --max-objects or track fewer"
             )
+        if self.policy.annotations == REFUSE:
+            # Refuse here, before step() has changed anything: stored annotations stay (none is
+            # evicted under "refuse"), and every pending one will take a permanent slot.
+            kept = self.policy.annotated_frames() + [f for f in self.pending if f != frame_index]
+            if len(kept) + 1 > self.policy.capacity - 1:
+                raise InputError(self.policy.refusal(frame_index, sorted(kept)))
         self.pending[frame_index] = (mask, ids)
 
     def remove_object(self, object_id: int) -> None:

@@ -1,6 +1,8 @@
 """The runtime's frame loop (the only one) on the torch backend: STM's schedule reproduced exactly,
 ensembles, ids, errors."""
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -108,6 +110,30 @@ def test_ensemble_averages_member_probabilities():
         assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
     with pytest.raises(InputError, match="share stride and capacity"):
         EnsembleRunner([TorchRunner(a, capacity=3), TorchRunner(b, capacity=4)])
+
+
+def test_annotations_beyond_the_bank_keep_first_and_latest_with_a_warning(ckpt, caplog):
+    video = _video(7)
+    frames = [f for f, _ in video]
+    with open_runner(ckpt, backend="torch", capacity=3) as runner:
+        pred = VideoPredictor(runner, mem_every=2)  # annotations="keep-latest"
+        for t in (0, 2, 4):
+            pred.add_mask(t, video[t][1])
+        with caplog.at_level(logging.WARNING, logger="mlvos.runtime.predictor"):
+            for frame in frames:
+                pred.step(frame)
+        kept = sorted((f, k) for _, f, k in pred.policy.frames())
+        assert kept == [(0, ANNOTATED), (4, ANNOTATED), (6, TEMP)]
+        assert pred.valid[:len(pred.object_ids)].all()  # every slot written, none stale
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 1
+        assert "annotation of frame 2 is evicted for the annotation of frame 4" in warnings[0]
+
+        refusing = VideoPredictor(runner, annotations="refuse")
+        refusing.add_mask(0, video[0][1])
+        refusing.add_mask(2, video[2][1])
+        with pytest.raises(InputError, match="frame 4 does not fit.*--capacity"):
+            refusing.add_mask(4, video[4][1])
 
 
 def test_propagate_bad_inputs(ckpt):
