@@ -48,7 +48,9 @@ export: $(STAMP) ## export a checkpoint to ONNX (CKPT=...)
 
 # `make profile`: a seeded, untrained tiny checkpoint -> ONNX export (reused while the checkpoint
 # is unchanged) -> a short onnxruntime sweep on the CPU; report.json, CSVs and PNG plots in
-# $(PROFILE_DIR)/report. `make gpu-check OUT=dir` needs a CUDA build of torch.
+# $(PROFILE_DIR)/report. `make gpu-check OUT=dir` needs a CUDA build of torch; on a GPU host
+# without .venv, `pip install --no-deps .` into its python and add `STAMP= BIN=<its scripts dir>`
+# (profiling/gpu_check.py gives the whole command for a lent device machine).
 PROFILE_DIR  ?= .cache/profile
 PROFILE_ARGS ?= --resolutions 480p,720p,1080p --objects 1,2 --long 40 --warmup 2 --iters 5
 OUT ?= .cache/gpu-check
@@ -112,7 +114,7 @@ eval-natural: $(STAMP) $(NATURAL_VAL)/natural.json ## J&F of CKPT on the natural
 	$(BIN)/mlvos eval --gt $(NATURAL_VAL)/Annotations/480p --pred $(NATURAL_DIR)/pred \
 		--json $(NATURAL_DIR)/jf.json
 
-gpu-check: $(STAMP) ## time-boxed GPU check: torch backend, paper, FP16/FP32 (OUT=dir)
+gpu-check: $(STAMP) ## time-boxed GPU check (< 8 min, H100): paper + tiny on torch, TensorRT if installed (OUT=dir)
 	$(BIN)/mlvos profile gpu-check --out $(OUT)
 
 # `make calib`: INT8 calibration of an export (default: the demo's, made by `make demo` if absent)

@@ -20,9 +20,11 @@ CUDA events recorded on the TensorRT stream).
 Modules: probes (stage timers, host and device memory probes), measure
 (statistics, synthetic videos, predictor runs, read+decode timing, GMACs), sweeps (ProfileConfig
 and run_profile), report (report.json, CSV, text tables, compare), plots (PNG plots), onnx_macs
-(MACs counted on the exported graphs), gpu_check (the time-boxed torch-on-GPU check), compare
-(`mlvos check`: each precision's graphs or TensorRT engines vs FP32 with Polygraphy's
-comparator), fusion (the attention fusion read from a TensorRT engine's layers) and cli.
+(MACs counted on the exported graphs), gpu_check (the time-boxed GPU check of paper and tiny:
+its torch sections in gpu_torch, numerics vs the CPU in gpu_numerics, TensorRT in gpu_trt, CSV,
+plots and table in gpu_report), compare (`mlvos check`: each precision's graphs or TensorRT
+engines vs FP32 with Polygraphy's comparator), fusion (the attention fusion read from a TensorRT
+engine's layers) and cli.
 This module re-exports the public names of the first five (each module's __all__). numpy only at
 import time; torch, onnx and matplotlib are imported where they are needed.
 """

@@ -1,18 +1,71 @@
-"""`mlvos profile gpu-check`: one self-contained, time-boxed GPU measurement of the torch backend.
+"""`mlvos profile gpu-check`: one self-contained, time-boxed GPU check of the `paper` and `tiny`
+variants (random weights): the torch backend, and TensorRT where it is installed.
 
-Needs torch (a CUDA build) and mlvos only: no TensorRT, onnx, OpenCV or matplotlib (plots and
-the OpenCV synthetic videos are used when present). With random weights of a variant (default
-`paper`) it measures, for each precision (FP16, FP32) and resolution (480p, 720p, 1080p):
+Needs torch (a CUDA build) and mlvos only; OpenCV (synthetic videos) and matplotlib (plots) are
+used when present, TensorRT, onnx, onnxruntime and Polygraphy only by the TensorRT part. For each
+variant (`--variant`, default `paper tiny`), sections in this order:
 
-- per-stage latency with CUDA events and end to end (VideoPredictor, stages synchronized),
-  FPS, FPS without per-stage synchronization, peak device memory, GMACs and TFLOP/s;
-- CUDA graphs off/on for the query encoder and read+decode at fixed shapes (captured here with
-  torch.cuda.CUDAGraph, since TorchRunner does not capture graphs itself);
-- FP16-vs-FP32 agreement of the label maps (IoU per object) on a short synthetic video.
+1. torch, per precision (FP16, FP32) and resolution (480p, 720p, 1080p): per-stage latency with
+   CUDA events and end to end (VideoPredictor, stages synchronized), FPS, FPS without per-stage
+   synchronization, peak device memory, GMACs and TFLOP/s (profiling.gpu_torch);
+2. CUDA graphs off/on for the query encoder and read+decode at fixed shapes (gpu_torch);
+3. label maps of a short synthetic video per precision, then FP16-vs-FP32 agreement and the
+   numerics against the torch backend on the CPU in FP32 (gpu_numerics): per-object IoU of the
+   propagated masks and of one-step reads (every frame read against a memory of the true first
+   masks: with random weights, soft probabilities sit near ties and one flipped pixel grows when
+   propagated), and the max abs error of obj_probs at one step;
+4. TensorRT, only when `tensorrt` is importable and a CUDA device is usable (else recorded as
+   "skipped: tensorrt not importable", not a failure; tensorrt is never imported otherwise):
+   export (fp32 + fp16, unvalidated), FP16 engines with the default profile, VideoPredictor over
+   TrtRunner at each resolution, and `mlvos check` (profiling.compare.run_check) of the FP16
+   engines against the FP32 graphs on onnxruntime (profiling.gpu_trt). Variants in order of size.
 
-Every section is time-boxed against one budget (default 330 s), failures are recorded in the
-report instead of raised, and the report is rewritten after each section, so an interrupted
-check still leaves its partial results. `--smoke` runs the same code on the CPU at 64x96.
+Budget. Every section runs against one budget (`--budget-s`, default 420 s): the whole check,
+torch's import and CUDA start-up included, fits in 8 minutes (480 s wall) on an H100, with the
+rest for the interpreter's start before the clock and the CSV and plots after it. Each group of
+torch sections has a share of the budget (SHARES), divided evenly among its sections; what a
+section leaves unused goes to the next of its group. A section never gets more than what is left
+of the whole budget, none starts with less than MIN_SECTION_S left, and one that cannot start is
+recorded as "skipped: time budget spent". The torch shares are caps: what they leave is the
+reserve for setup and overruns, and with TensorRT its part, which runs last and takes what is left
+(less FINAL_S), split evenly among the variants still to run, smallest first; a variant's part
+starts only with its estimated need left (gpu_trt.TRT_MIN_S: an export and three engine builds
+cannot be interrupted). The default 420 s:
+
+  group         without TensorRT         with TensorRT       sections
+  setup         reserve, ~15 s expected  the same            torch import, CUDA start, models
+  latency       0.40  168 s (14 s each)  0.22   92 s (8)     variants x precisions x resolutions
+  cuda_graphs   0.12   50 s (4 s each)   0.06   25 s (2)     the same configs (CUDA only)
+  labels        0.06   25 s (6 s each)   0.04   17 s (4)     variants x precisions
+  numerics      0.20   84 s (42 s each)  0.10   42 s (21)    variants (the CPU FP32 reference)
+  trt           -                        what is left,       variants, smallest first
+                                         >= 244 s - setup
+  reserve       0.22   92 s              -                   setup, loads, overruns
+Expected on an H100 without TensorRT: about 15 s of setup, torch sections well inside their
+shares (they stop at `iters` frames), the paper's CPU reference about 1 s a frame: 2-3 minutes in
+all. With TensorRT, tiny's part is estimated at under a minute; paper's (240 s estimated) starts
+only if that much is left after it, else a larger --budget-s or `--variant paper` alone measures
+it. Both estimates are guesses until a GPU with TensorRT has run them.
+
+Failures are recorded in the report instead of raised, and the report is rewritten after each
+section, so an interrupted check still leaves its partial results. `--smoke` runs the same code on
+the CPU at 64x96 (the numerics "device" side is then the CPU itself: the code path is exercised).
+
+The prepared device command (`run` of the device tool, timeout_s 600, nothing in `carry`: the
+working tree travels, and .venv must not, its torch being this machine's CPU build). The bare
+lent H100 has a CUDA torch, onnx and onnxruntime (CPU) in its python3, no TensorRT, no network:
+mlvos is built offline from the tree (setuptools of the image, no dependencies), then run through
+make with no .venv (`STAMP=`) and that python's scripts folder as BIN (plain `mlvos` without
+make). About 3 minutes; at most 480 s for the check itself:
+
+  set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
+  BIN=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+  export PYTHONUNBUFFERED=1
+  if command -v make >/dev/null; then make gpu-check OUT=$OUT/gpu STAMP= BIN=$BIN
+  else $BIN/mlvos profile gpu-check --out $OUT/gpu; fi 2>&1 | tee $OUT/gpu-check.log
+
+It brings back $OUT/gpu/{gpu_check.json, gpu_check.csv, gpu_latency.png, gpu_cuda_graphs.png}
+and $OUT/gpu-check.log (5 files, well under the tool's limits); the final table ends the log.
 """
 
 from __future__ import annotations
@@ -30,31 +83,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from mlvos.errors import MlvosError, require
-from mlvos.profiling.gpu_report import _agreement_report, _csv, _plots
-from mlvos.profiling.measure import (
-    SyntheticVideo,
-    frame0_memory,
-    model_stage_gmacs,
-    run_video,
-    stage_sum_check,
-    summarize,
-    synthetic_video,
-    tflops,
-)
-from mlvos.profiling.probes import StageTimer, TorchCudaTimer, WallTimer
-from mlvos.runtime.predictor import VideoPredictor
-from mlvos.runtime.spec import (
-    DEFAULT_CAPACITY,
-    frame_to_input,
-    padded_size,
-    padding_for,
-    parse_resolution,
-)
+from mlvos.errors import InputError, MlvosError, require
+from mlvos.profiling.gpu_report import section_ok, write_csv, write_plots
+from mlvos.profiling.measure import SyntheticVideo, synthetic_video
+from mlvos.runtime.spec import DEFAULT_CAPACITY, parse_resolution
 
 GPU_FORMAT = "mlvos-gpu-check"
+GPU_VERSION = 2
 REPORT_FILE = "gpu_check.json"
 
 logger = logging.getLogger(__name__)
@@ -62,7 +97,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Settings:
-    variant: str
+    variants: tuple[str, ...]
     device: str
     resolutions: tuple[str, ...]
     precisions: tuple[str, ...]
@@ -73,58 +108,92 @@ class Settings:
     unique_frames: int
     agreement_frames: int
     graph_iters: int
+    trt: bool = True
     capacity: int = DEFAULT_CAPACITY
     seed: int = 0
 
 
 FULL = dict(
-    variant="paper",
+    variants=("paper", "tiny"),
     device="cuda",
     resolutions=("480p", "720p", "1080p"),
     precisions=("fp16", "fp32"),
+    objects=1,
     warmup=5,
     iters=30,
-    budget_s=330.0,
+    budget_s=420.0,
     unique_frames=6,
     agreement_frames=12,
     graph_iters=30,
 )
 SMOKE = dict(
-    variant="tiny",
+    variants=("tiny",),
     device="cpu",
     resolutions=("64x96",),
     precisions=("fp32",),
+    objects=1,
     warmup=1,
     iters=3,
     budget_s=50.0,
     unique_frames=3,
-    agreement_frames=4,
+    agreement_frames=3,
     graph_iters=3,
 )
-# Shares of the budget for all latency configs and all CUDA-graph configs; the rest is for
-# setup (model, checkpoint, videos), the agreement videos and the report. A section never gets
-# more than what is left, and none starts with less than MIN_SECTION_S left.
-LATENCY_SHARE, GRAPH_SHARE = 0.55, 0.2
+# Shares of the budget per group of torch sections (module docstring): caps, so that the rest
+# is left for setup and overruns, and with TensorRT for its part, which takes whatever is left.
+SHARES = {"latency": 0.40, "cuda_graphs": 0.12, "labels": 0.06, "numerics": 0.20}
+SHARES_WITH_TRT = {"latency": 0.22, "cuda_graphs": 0.06, "labels": 0.04, "numerics": 0.10}
 MIN_SECTION_S = 3.0
+# min_s of the sections that run whatever the clock says: setup, and those that only write up
+# what was measured (agreement, CSV, plots).
+ALWAYS = float("-inf")
+
+
+class _Budget:
+    """Seconds per group of sections: the group's share, divided among its sections not yet run
+    (what a section leaves unused goes to the next of its group)."""
+
+    def __init__(self, total: float, shares: dict[str, float], sections: dict[str, int]):
+        self.allotted = {g: shares.get(g, 0.0) * total for g in sections}
+        self.spent = dict.fromkeys(sections, 0.0)
+        self.remaining = dict(sections)
+
+    def take(self, group: str) -> float:
+        """The next section's seconds of `group` (counts it as started)."""
+        n = max(1, self.remaining[group])
+        self.remaining[group] = max(0, self.remaining[group] - 1)
+        return max(0.0, self.allotted[group] - self.spent[group]) / n
+
+    def charge(self, group: str, seconds: float) -> None:
+        self.spent[group] += seconds
 
 
 class _Check:
-    """The report under construction, the clock, and the section runner."""
+    """The report under construction, the clock, the budget and the section runner."""
 
-    def __init__(self, out: Path, settings: Settings):
-        self.out, self.settings = out, settings
+    def __init__(self, out: Path, settings: Settings, budget: _Budget):
+        self.out, self.settings, self.budget = out, settings, budget
         self.start = time.perf_counter()
         self.torch: Any = None
         self.report: dict[str, Any] = {
             "format": GPU_FORMAT,
-            "version": 1,
+            "version": GPU_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "settings": settings.__dict__,
+            "budget_s": dict(budget.allotted),
             "status": "running",
             "sections": {},
-            "configs": [],
-            "cuda_graphs": [],
-            "agreement": None,
+            "variants": {
+                v: {
+                    "configs": [],
+                    "cuda_graphs": [],
+                    "agreement": None,
+                    "numerics": None,
+                    "trt": None,
+                }
+                for v in settings.variants
+            },
+            "trt": None,
             "errors": [],
         }
 
@@ -137,12 +206,29 @@ class _Check:
         self.report["elapsed_s"] = time.perf_counter() - self.start
         atomic_write_text(self.out / REPORT_FILE, json.dumps(self.report, indent=1))
 
-    def section(self, name: str, fn: Callable[[], Any], *, min_s: float = MIN_SECTION_S) -> Any:
-        """Run fn() unless the budget is spent; record status, time and any error."""
-        if self.left() < min_s:
-            self.report["sections"][name] = {"status": "skipped: time budget spent"}
-            logger.warning(f"[{self._t()}] {name}: skipped (time budget spent)")
-            self.write()
+    def skip(self, name: str, reason: str, *, benign: bool) -> None:
+        """Record a section that does not run; benign: for an absent option, not for time."""
+        self.report["sections"][name] = {"status": f"skipped: {reason}", "benign": benign}
+        if not benign:
+            logger.warning(f"[{self._t()}] {name}: skipped ({reason})")
+        self.write()
+
+    def section(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        min_s: float = MIN_SECTION_S,
+        deadline: float | None = None,
+        group: str | None = None,
+    ) -> Any:
+        """Run fn() unless less than min_s is left (of the budget, or before `deadline`);
+        record status, time and any error; charge the time to `group`."""
+        left = self.left()
+        if deadline is not None:
+            left = min(left, deadline - time.perf_counter())
+        if left < min_s:
+            self.skip(name, "time budget spent", benign=False)
             return None
         t0 = time.perf_counter()
         result, status = None, "ok"
@@ -158,12 +244,15 @@ class _Check:
                 }
             )
             logger.warning(f"[{self._t()}] {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
-            self._free()
-        self.report["sections"][name] = {"status": status, "seconds": time.perf_counter() - t0}
+            self.free()
+        seconds = time.perf_counter() - t0
+        if group is not None:
+            self.budget.charge(group, seconds)
+        self.report["sections"][name] = {"status": status, "seconds": seconds}
         self.write()
         return result
 
-    def _free(self) -> None:
+    def free(self) -> None:
         torch = self.torch
         if torch is not None and torch.cuda.is_available():
             with contextlib.suppress(Exception):
@@ -178,12 +267,12 @@ def _settings(smoke: bool, **given: Any) -> Settings:
     base = dict(SMOKE if smoke else FULL)
     for k, v in given.items():
         if v is not None:
-            base[k] = tuple(v) if isinstance(v, list) else v
+            base[k] = tuple(dict.fromkeys(v)) if isinstance(v, (list, tuple)) else v
     return Settings(**base)
 
 
-def _setup(chk: _Check, workdir: Path, cudnn_benchmark: bool) -> Path:
-    """Import torch, check the device, record versions and write a random-weight checkpoint."""
+def _setup(chk: _Check, cudnn_benchmark: bool) -> None:
+    """Import torch, check the device, record versions."""
     from mlvos.envinfo import collect
 
     s = chk.settings
@@ -198,6 +287,7 @@ def _setup(chk: _Check, workdir: Path, cudnn_benchmark: bool) -> Path:
             )
         dev = torch.device(s.device)
         props = torch.cuda.get_device_properties(dev)
+        torch.zeros(1, device=dev)  # start CUDA here, not inside the first timed section
         info.update(
             {
                 "gpu": props.name,
@@ -211,251 +301,58 @@ def _setup(chk: _Check, workdir: Path, cudnn_benchmark: bool) -> Path:
         )
     chk.report["device"] = info
     chk.report["env"] = collect()
-    from mlvos.model.checkpoint import save_checkpoint
+    logger.info(f"[{chk._t()}] setup: {info.get('gpu', s.device)}, torch {torch.__version__}")
+
+
+def _build(chk: _Check, variant: str) -> Any:
+    """The variant with random weights (seeded), FP32 on the CPU, in eval mode: the master copy
+    that every runner copies and the CPU reference runs as is."""
     from mlvos.model.registry import build_model
 
-    model = build_model(s.variant, seed=s.seed)
-    chk.report["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
-    path = save_checkpoint(workdir / f"{s.variant}.pt", model)
-    del model
-    logger.info(
-        f"[{chk._t()}] setup: {info.get('gpu', s.device)}, torch {torch.__version__}, "
-        f"{s.variant} ({chk.report['params_m']:.1f} M parameters, random weights)"
+    model = build_model(variant, seed=chk.settings.seed).eval().requires_grad_(False)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    chk.report["variants"][variant]["params_m"] = params
+    logger.info(f"[{chk._t()}] {variant}: {params:.1f} M parameters, random weights")
+    return model
+
+
+def _run_variant(chk: _Check, variant: str, model: Any, videos: Callable) -> None:
+    """Every torch section of one variant: the precision passes, then the numerics."""
+    from mlvos.profiling.gpu_numerics import agreement_report, cpu_numerics
+    from mlvos.profiling.gpu_torch import precision_pass
+
+    s = chk.settings
+    labels: dict[str, dict] = {}
+    for precision in s.precisions:
+        precision_pass(chk, variant, model, precision, videos, labels)
+    def video() -> SyntheticVideo:  # the label video (cached)
+        return videos(s.resolutions[0], max(2, s.objects))
+
+    chk.section(
+        f"{variant}: fp16-vs-fp32 agreement",
+        lambda: agreement_report(chk, variant, labels, video()),
+        min_s=ALWAYS,
     )
-    return path
-
-
-@dataclass(frozen=True)
-class _Pass:
-    """What the sections of one precision share: the check, its runner and timer."""
-
-    chk: _Check
-    runner: Any
-    timer: StageTimer
-    precision: str
-
-
-def _latency(ctx: _Pass, res: str, video: SyntheticVideo, budget: float) -> dict[str, Any]:
-    """Per-stage latency through the predictor and FPS without per-stage synchronization."""
-    chk, runner, timer, precision = ctx.chk, ctx.runner, ctx.timer, ctx.precision
-    s, torch = chk.settings, chk.torch
-    label, h, w = parse_resolution(res)
-    cuda = runner.device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(runner.device)
-    deadline = time.perf_counter() + budget
-    run = run_video(
-        runner, video, frames=s.warmup + s.iters, warmup=s.warmup, timer=timer, deadline=deadline
+    budget = chk.budget.take("numerics")
+    chk.section(
+        f"{variant}: numerics vs cpu fp32",
+        lambda: cpu_numerics(chk, variant, model, labels, video(), min(budget, chk.left())),
+        group="numerics",
     )
-    wall = {st: summarize(v) for st, v in run.timed("wall").items()}
-    device = {st: summarize(v) for st, v in run.timed("device").items()} if run.device else None
-    ph, pw = padded_size(h, w, runner.stride)
-    entry: dict[str, Any] = {
-        "precision": precision,
-        "resolution": label,
-        "height": h,
-        "width": w,
-        "padded": [ph, pw],
-        "objects": video.objects,
-        "frames_timed": wall["total"]["n"],
-        "wall": wall,
-        "device": device,
-        "stage_sum_check": stage_sum_check(wall),
-        "peak_device_mb": torch.cuda.max_memory_allocated(runner.device) / 2**20 if cuda else None,
-    }
-    try:
-        entry["gmacs"] = model_stage_gmacs(s.variant, h, w, video.objects, runner.capacity)
-        entry["tflops"] = tflops(entry["gmacs"], device or wall)
-    except Exception as e:  # the cost model is optional
-        entry["gmacs_error"] = f"{type(e).__name__}: {e}"
-    if cuda and time.perf_counter() < deadline:
-        # Throughput as an application sees it: no synchronization between stages.
-        pred = VideoPredictor(runner, profile=False)
-        pred.add_mask(0, video.first_label)
-        for i in range(1 + s.warmup):
-            pred.step(video.frame(i))
-        runner.synchronize()
-        t0, n = time.perf_counter(), 0
-        while n < s.iters and (n < 3 or time.perf_counter() < deadline):
-            pred.step(video.frame(1 + s.warmup + n))  # returns host labels: synchronizes
-            n += 1
-        entry["unsynced_fps"] = n / (time.perf_counter() - t0)
-    chk.report["configs"].append(entry)
-    busy = f", device busy {device['total']['mean']:.2f} ms" if device else ""
-    peak = f", peak {entry['peak_device_mb']:.0f} MiB" if cuda else ""
-    logger.info(
-        f"[{chk._t()}] {precision} {label}: {wall['total']['mean']:8.2f} ms/frame wall "
-        f"({wall['total']['fps']:.1f} FPS){busy}{peak}"
-    )
-    return entry
 
 
-@contextlib.contextmanager
-def _no_host_sync_checks():
-    """STMNet's input checks read a device value on the host (`bool(tensor)`), which CUDA graph
-    capture forbids; shapes are fixed and were checked eagerly before, so skip them here."""
-    from mlvos.model import network
-
-    saved = network._checking
-    network._checking = lambda: False
-    try:
-        yield
-    finally:
-        network._checking = saved
-
-
-def _filled_bank(runner: Any, video: SyntheticVideo):
-    """Bank filled to capacity with frame 0's memory; returns (frame on device, object count)."""
-    frame_dev, _, (key, value), n = frame0_memory(runner, video)
-    for slot in range(runner.capacity):
-        runner.write_slot(slot, key, value, n)
-    runner.set_valid(np.ones((n, runner.capacity), np.float32))
-    return frame_dev, n
-
-
-def _time_calls(fn: Callable[[], Any], timer: Any, iters: int, deadline: float) -> list[float]:
-    times: list[float] = []
-    while len(times) < iters and (len(times) < 3 or time.perf_counter() < deadline):
-        a = timer.mark()
-        fn()
-        b = timer.mark()
-        times.append(timer.elapsed_ms(a, b))
-    return times
-
-
-def _cuda_graphs(ctx: _Pass, res: str, video: SyntheticVideo, budget: float) -> dict[str, Any]:
-    """Eager vs CUDA-graph replay of encode_query and read_decode at fixed shapes."""
-    chk, runner, timer, precision = ctx.chk, ctx.runner, ctx.timer, ctx.precision
-    torch = chk.torch
-    deadline = time.perf_counter() + budget
-    label, _, _ = parse_resolution(res)
-    frame_dev, n = _filled_bank(runner, video)
-    query = runner.encode_query(frame_dev)
-    stages = {
-        "query_encoder": lambda: runner.encode_query(frame_dev),
-        "read_decoder": lambda: runner.read_decode(query, n),
-    }
-    entry: dict[str, Any] = {
-        "precision": precision,
-        "resolution": label,
-        "objects": n,
-        "stages": {},
-    }
-    iters = chk.settings.graph_iters
-    for name, fn in stages.items():
-        share = (deadline - time.perf_counter()) / (2 if name == "query_encoder" else 1)
-        eager_out = fn()
-        eager = _time_calls(fn, timer, iters, time.perf_counter() + share / 2)
-        with _no_host_sync_checks():
-            side = torch.cuda.Stream(runner.device)
-            side.wait_stream(torch.cuda.current_stream(runner.device))
-            with torch.cuda.stream(side):
-                for _ in range(3):  # warm-up on a side stream before capture, as torch asks
-                    fn()
-            torch.cuda.current_stream(runner.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = fn()
-        replay = _time_calls(graph.replay, timer, iters, time.perf_counter() + share / 2)
-        graph.replay()
-        torch.cuda.synchronize(runner.device)
-        a = eager_out[0] if isinstance(eager_out, tuple) else eager_out.key
-        b = static_out[0] if isinstance(static_out, tuple) else static_out.key
-        e, g = summarize(eager), summarize(replay)
-        entry["stages"][name] = {
-            "eager": e,
-            "graph": g,
-            "speedup": e["mean"] / g["mean"] if g["mean"] else None,
-            "max_abs_diff": float((a.float() - b.float()).abs().max()),
-        }
-        if name == "read_decoder":
-            entry["stages"][name]["labels_equal"] = float(
-                (eager_out[1] == static_out[1]).float().mean()
-            )
-        del graph, static_out
-        torch.cuda.empty_cache()  # the graph's private memory pool
-    chk.report["cuda_graphs"].append(entry)
-    logger.info(
-        f"[{chk._t()}] {precision} {label} CUDA graphs: "
-        + ", ".join(
-            f"{k} {v['eager']['mean']:.2f} -> {v['graph']['mean']:.2f} ms (x{v['speedup']:.2f})"
-            for k, v in entry["stages"].items()
-        )
-    )
-    return entry
-
-
-def _labels(runner: Any, video: SyntheticVideo, frames: int) -> dict[str, list[np.ndarray]]:
-    """Label maps of a short video two ways.
-
-    "propagated": the predictor's output (each frame's result feeds the next, so one flipped
-    pixel can grow). "one_step": every frame read against the same bank (frame 0 with its true
-    mask), which isolates the numerical difference of a precision from error accumulation.
-    """
-    pred = VideoPredictor(runner)
-    pred.add_mask(0, video.first_label)
-    propagated = [pred.step(video.frame(i)) for i in range(frames)]
-    frame_dev, n = _filled_bank(runner, video)
-    pad = padding_for(*video.frames[0].shape[:2], runner.stride)
-    one_step = []
-    for i in range(frames):
-        x = frame_to_input(video.frame(i), pad)
-        _, labels = runner.read_decode(runner.encode_query(runner.upload(x)), n)
-        one_step.append(runner.download(labels))  # slot k = k-th object id, same in every run
-    return {"propagated": propagated, "one_step": one_step, "slots": list(range(1, n + 1))}
-
-
-def _precision_pass(
-    chk: _Check, ckpt: Path, precision: str, videos: Callable, agreement: dict[str, dict]
-) -> None:
-    from mlvos.runtime.backends.torch_backend import TorchRunner
-
-    s, torch = chk.settings, chk.torch
-    runner = chk.section(
-        f"{precision}: load",
-        lambda: TorchRunner(ckpt, device=s.device, precision=precision, capacity=s.capacity),
-    )
-    if runner is None:
-        return
-    cuda = runner.device.type == "cuda"
-    timer = TorchCudaTimer(torch, runner.device) if cuda else WallTimer(runner.synchronize)
-    n_lat = len(s.resolutions) * len(s.precisions)
-    ctx = _Pass(chk, runner, timer, precision)
-    with runner:
-        # Every resolution's latency first, then every resolution's CUDA graphs.
-        for what, measure, share in (
-            ("latency", _latency, LATENCY_SHARE),
-            ("cuda graphs", _cuda_graphs, GRAPH_SHARE),
-        ):
-            budget = share * s.budget_s / n_lat  # of one (precision, resolution)
-            for res in s.resolutions:
-                name = f"{precision} {res}: {what}"
-                if measure is _cuda_graphs and not cuda:
-                    chk.report["sections"][name] = {"status": "skipped: needs CUDA"}
-                    continue
-                chk.section(
-                    name,
-                    lambda measure=measure, res=res, budget=budget: measure(
-                        ctx, res, videos(res, s.objects), min(budget, chk.left())
-                    ),
-                )
-        res = s.resolutions[0]
-        objects = max(2, s.objects)
-        chk.section(
-            f"{precision} {res}: labels for agreement",
-            lambda: agreement.setdefault(
-                precision, _labels(runner, videos(res, objects), s.agreement_frames)
-            ),
-        )
-    runner.model = runner.bank_key = runner.bank_value = None  # free device memory now
-    chk._free()
+def _status(report: dict[str, Any]) -> str:
+    sections = report["sections"]
+    if "ok" != (sections.get("setup") or {}).get("status"):
+        return "failed"
+    return "ok" if all(section_ok(v) for v in sections.values()) else "partial"
 
 
 def run_gpu_check(
     *,
     out: str | os.PathLike,
     smoke: bool = False,
-    variant: str | None = None,
+    variants: tuple[str, ...] | None = None,
     device: str | None = None,
     resolutions: tuple[str, ...] | None = None,
     precisions: tuple[str, ...] | None = None,
@@ -463,44 +360,74 @@ def run_gpu_check(
     iters: int | None = None,
     budget_s: float | None = None,
     cudnn_benchmark: bool = False,
+    trt: bool = True,
 ) -> dict[str, Any]:
     """Run the check and write gpu_check.json, gpu_check.csv and PNG plots into `out`.
 
     Args:
         out: report folder (created).
-        smoke: CPU defaults (tiny variant, 64x96, FP32, a few frames, 50 s budget).
-        variant, device, resolutions, precisions, iters, budget_s: override the defaults
-            (paper, cuda, 480p/720p/1080p, fp16+fp32, 30 frames, 330 s).
-        objects: tracked objects in the latency runs (the agreement video uses >= 2).
+        smoke: CPU defaults (tiny, 64x96, FP32, a few frames, 50 s budget, no TensorRT).
+        variants, device, resolutions, precisions, iters, budget_s: override the defaults
+            (paper + tiny, cuda, 480p/720p/1080p, fp16+fp32, 30 frames, 420 s).
+        objects: tracked objects in the latency runs (the label videos use >= 2).
         cudnn_benchmark: let cuDNN autotune convolutions (slower first frames).
+        trt: run the TensorRT part where TensorRT and a CUDA device are usable.
 
-    Progress goes to the logger mlvos.profiling.gpu_check (failed or skipped sections as
-    warnings); `mlvos profile gpu-check` prints gpu_report.final_table(report) at the end.
+    Progress goes to the loggers mlvos.profiling.gpu_* (failed or skipped sections as warnings);
+    `mlvos profile gpu-check` prints gpu_report.final_table(report) at the end.
 
     Returns:
         The report; report["status"] is "ok", "partial" (some section failed or was skipped
         for time) or "failed" (setup failed). Never raises for a failed measurement.
+
+    Raises:
+        InputError: an unknown variant or resolution.
     """
     settings = _settings(
         smoke,
-        variant=variant,
+        variants=variants,
         device=device,
         resolutions=resolutions,
         precisions=precisions,
         iters=iters,
         budget_s=budget_s,
         objects=objects,
+        trt=trt,
     )
-    dropped = [p for p in settings.precisions if p == "fp16"]
-    if not settings.device.startswith("cuda") and dropped:
+    from mlvos.model.registry import variants as registered
+
+    unknown = [v for v in settings.variants if v not in registered()]
+    if unknown or not settings.variants:
+        raise InputError(
+            f"unknown variant(s) {unknown or '(none given)'}; choose from "
+            f"{', '.join(registered())}"
+        )
+    for res in settings.resolutions:
+        parse_resolution(res)  # InputError now, not in every section
+    cuda = settings.device.startswith("cuda")
+    dropped = not cuda and "fp16" in settings.precisions
+    if dropped:
         # TorchRunner refuses fp16 on the CPU (it would be emulated, not measured).
         kept = tuple(p for p in settings.precisions if p != "fp16") or ("fp32",)
         settings = dataclasses.replace(settings, precisions=kept)
+    from mlvos.profiling.gpu_trt import run_trt, trt_status
+
+    trt_ok, trt_why = trt_status(settings) if settings.trt else (False, "not requested (--no-trt)")
+    n_v, n_p = len(settings.variants), len(settings.precisions)
+    n_configs = n_v * n_p * len(settings.resolutions)
+    sections = {
+        "latency": n_configs,
+        "cuda_graphs": n_configs if cuda else 0,
+        "labels": n_v * n_p,
+        "numerics": n_v,
+    }
+    budget = _Budget(settings.budget_s, SHARES_WITH_TRT if trt_ok else SHARES, sections)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    chk = _Check(out, settings)
+    chk = _Check(out, settings, budget)
     chk.report["smoke"] = smoke
-    if not settings.device.startswith("cuda") and dropped:
+    chk.report["trt"] = {"available": trt_ok, "reason": trt_why}
+    if dropped:
         chk.report["notes"] = ["fp16 needs CUDA on the torch backend; measured fp32 only"]
     chk.write()
     video_cache: dict[tuple[str, int], SyntheticVideo] = {}
@@ -514,28 +441,28 @@ def run_gpu_check(
         return video_cache[(res, k)]
 
     with tempfile.TemporaryDirectory(prefix="mlvos-gpu-check-") as tmp:
-        ckpt = chk.section("setup", lambda: _setup(chk, Path(tmp), cudnn_benchmark), min_s=0.0)
-        if ckpt is not None:
-            agreement: dict[str, dict] = {}
-            for precision in settings.precisions:
-                _precision_pass(chk, ckpt, precision, videos, agreement)
-            chk.section(
-                "agreement",
-                lambda: _agreement_report(
-                    chk, agreement, videos(settings.resolutions[0], max(2, settings.objects))
-                ),
-                min_s=0.0,
-            )
+        chk.section("setup", lambda: _setup(chk, cudnn_benchmark), min_s=ALWAYS)
+        models: dict[str, Any] = {}
+        if chk.report["sections"]["setup"]["status"] == "ok":
+            with chk.torch.no_grad():
+                for variant in settings.variants:
+                    model = chk.section(f"{variant}: build", lambda v=variant: _build(chk, v))
+                    if model is not None:
+                        models[variant] = model
+                        _run_variant(chk, variant, model, videos)
+                        chk.free()
+        for variant in settings.variants:
+            if not trt_ok:
+                chk.skip(f"{variant}: trt", trt_why, benign=True)
+        if trt_ok and models:
+            # Smallest first: within the budget, the cheap engines are surely built.
+            order = sorted(models, key=lambda v: chk.report["variants"][v]["params_m"])
+            for i, variant in enumerate(order):
+                run_trt(chk, variant, models[variant], videos, Path(tmp), len(order) - i)
     if video_cache:
         chk.report["videos"] = next(iter(video_cache.values())).source
-    chk.section("csv", lambda: _csv(chk), min_s=0.0)
-    chk.section("plots", lambda: _plots(chk), min_s=0.0)
-    sections = chk.report["sections"]
-    if "ok" != (sections.get("setup") or {}).get("status"):
-        chk.report["status"] = "failed"
-    elif all(str(v.get("status")).startswith(("ok", "skipped: needs")) for v in sections.values()):
-        chk.report["status"] = "ok"
-    else:
-        chk.report["status"] = "partial"
+    chk.section("csv", lambda: write_csv(chk), min_s=ALWAYS)
+    chk.section("plots", lambda: write_plots(chk), min_s=ALWAYS)
+    chk.report["status"] = _status(chk.report)
     chk.write()
     return chk.report

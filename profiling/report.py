@@ -211,11 +211,16 @@ def comparable_metrics(report: dict[str, Any]) -> dict[str, tuple[float, str]]:
         out["peak RSS"] = (mem.get("peak_rss_mb"), "MiB")
         if mem.get("peak_device_mb"):
             out["peak device memory"] = (mem["peak_device_mb"], "MiB")
-    else:  # gpu-check report
-        for e in report.get("configs") or []:
+    else:  # gpu-check report: per variant (version 2), or one flat list (version 1)
+        configs = [
+            {**e, "tag": f"{v} {'trt ' if e.get('backend') == 'trt' else ''}"}
+            for v, part in (report.get("variants") or {}).items()
+            for e in (part.get("configs") or []) + ((part.get("trt") or {}).get("configs") or [])
+        ] or report.get("configs") or []
+        for e in configs:
             if "wall" not in e:
                 continue
-            tag = f"{e['precision']} {e['resolution']}"
+            tag = f"{e.get('tag', '')}{e['precision']} {e['resolution']}"
             for s in TIMED_STAGES:
                 st = (e.get("device") or e["wall"])[s]
                 out[f"{tag} {s} mean"] = (st["mean"], "ms")

@@ -95,6 +95,21 @@ def test_label_agreement():
     half = label_agreement([a, a], [a, b], [1])
     assert half["mean_iou"] == pytest.approx(0.5)
     assert half["pixel_agreement"] == pytest.approx(1 - 16 / 64)
+    # per object: object 2 absent from both maps counts 1, object 1 halves in the second frame
+    two = label_agreement([a, a, a], [a, a, b], [1, 2])
+    assert two["per_object_mean_iou"] == {"1": pytest.approx(0.75), "2": 1.0}
+    assert two["min_object_iou"] == pytest.approx(0.5)
+
+
+def test_decisive_mismatch_ignores_near_ties():
+    from mlvos.profiling.gpu_numerics import _decisive
+
+    # one object; pixel 0: 0.9 (decisive), pixel 1: 0.51 vs background 0.49 (a near-tie)
+    probs = np.array([[[0.9, 0.51]]], np.float32)
+    ref = np.array([[1, 1]], np.uint8)
+    flipped_tie = _decisive(probs, ref, np.array([[1, 0]], np.uint8))
+    assert flipped_tie == {"decisive_fraction": 0.5, "decisive_mismatch": 0.0}
+    assert _decisive(probs, ref, np.array([[0, 1]], np.uint8))["decisive_mismatch"] == 1.0
 
 
 def _entry(scale: float) -> dict:
@@ -113,7 +128,23 @@ def test_compare_reports_ratios():
 
 def test_gpu_report_metrics_and_table():
     entry = {"precision": "fp16", "resolution": "480p", **_entry(1.0), "peak_device_mb": 100.0}
-    report = {"format": "mlvos-gpu-check", "configs": [entry], "status": "ok", "sections": {}}
+    trt = {**entry, "backend": "trt", "peak_device_mb": None}
+    report = {
+        "format": "mlvos-gpu-check",
+        "variants": {
+            "paper": {"configs": [entry], "cuda_graphs": [], "trt": {"configs": [trt]}},
+            "tiny": {"configs": [entry], "cuda_graphs": []},
+        },
+        "status": "ok",
+        "sections": {"tiny: trt": {"status": "skipped: tensorrt not importable", "benign": True}},
+    }
     m = comparable_metrics(report)
-    assert m["fp16 480p total mean"] == (10.0, "ms")
-    assert "fp16" in final_table(report)
+    assert m["paper fp16 480p total mean"] == (10.0, "ms")
+    assert m["tiny fp16 480p total mean"] == (10.0, "ms")
+    assert m["paper trt fp16 480p total mean"] == (10.0, "ms")
+    table = final_table(report)
+    assert "paper    trt fp16" in table and "tiny     fp16" in table
+    assert table.endswith("sections not ok: none")
+    # version 1 reports (one variant, flat configs) still compare
+    v1 = {"format": "mlvos-gpu-check", "configs": [entry]}
+    assert comparable_metrics(v1)["fp16 480p total mean"] == (10.0, "ms")
