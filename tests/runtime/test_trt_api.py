@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import re
 import tokenize
 from dataclasses import dataclass, field
@@ -30,7 +31,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE = ROOT.parent / "shared" / "reference" / "tensorrt"
+
+
+def _reference() -> Path:
+    """shared/reference/tensorrt beside the checkout or beside one of its parent folders (a CI
+    clone may sit deeper than the working checkout); MLVOS_TRT_REFERENCE overrides."""
+    if os.environ.get("MLVOS_TRT_REFERENCE"):
+        return Path(os.environ["MLVOS_TRT_REFERENCE"])
+    for folder in ROOT.parents:
+        candidate = folder / "shared" / "reference" / "tensorrt"
+        if candidate.is_dir():
+            return candidate
+    return ROOT.parent / "shared" / "reference" / "tensorrt"
+
+
+REFERENCE = _reference()
 DUMPS = {"10.3": "api_10.3.0.json", "11.4": "api_11.4.0.106.json"}
 LEAN_DUMP = "api_lean_11.4.json"
 TRT_PACKAGE = ROOT / "runtime" / "backends" / "trt"
