@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create/update the virtualenv in .venv
 
-demo: $(STAMP) ## main job on the CPU: photos -> natural + synthetic videos -> tiny model -> ONNX -> J&F and FPS
+demo: $(STAMP) ## main job on the CPU: photos -> natural + synthetic videos -> tiny model -> ONNX (+ fp16 check) -> J&F and FPS
 	$(BIN)/mlvos demo
 
 .PHONY: train-demo train-plot

@@ -69,11 +69,11 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
 def main_demo(args: argparse.Namespace) -> int:
     from mlvos.demo import run_demo
 
-    run_demo(cache=args.cache, sequences=args.sequences, natural=args.natural,
-             frames=args.frames, seed=args.seed, natural_seed=args.natural_seed,
-             photos=args.photos, train_minutes=args.train_minutes, retrain=args.retrain,
-             threads=args.threads)
-    return 0
+    passed = run_demo(cache=args.cache, sequences=args.sequences, natural=args.natural,
+                      frames=args.frames, seed=args.seed, natural_seed=args.natural_seed,
+                      photos=args.photos, train_minutes=args.train_minutes,
+                      retrain=args.retrain, threads=args.threads)
+    return 0 if passed else 1
 
 
 def register_env(sub: argparse._SubParsersAction) -> None:

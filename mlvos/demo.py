@@ -5,12 +5,13 @@ minutes.
    from the held-out validation photographs (installed from Debian packages on first use) and
    procedural synthetic videos,
 2. train the `tiny` model briefly on natural + synthetic clips (or reuse the cached checkpoint),
-3. export it to ONNX (or reuse the cached export of the same checkpoint),
-4. propagate the first-frame masks with the onnxruntime backend,
-5. print J&F next to the copy-first-mask baseline on each set, and FPS.
+3. export it to ONNX, fp32 and fp16 (or reuse the cached export of the same checkpoint),
+4. check the fp16 graphs against the fp32 ones on recorded real feeds (`mlvos check`),
+5. propagate the first-frame masks with the onnxruntime backend (fp32),
+6. print J&F next to the copy-first-mask baseline on each set, and FPS.
 
 Everything is cached under `cache` (`mlvos demo --cache`, default .cache/demo), so a second run
-only repeats 4-5.
+only repeats 4-6.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ def run_demo(
     train_minutes: float,
     retrain: bool,
     threads: int | None,
-) -> None:
-    """Run the five steps above: progress to the logger mlvos.demo (stdout under `mlvos demo`),
-    then the J&F / FPS table printed to stdout.
+) -> bool:
+    """Run the six steps above: progress to the logger mlvos.demo (stdout under `mlvos demo`),
+    then the J&F / FPS table printed to stdout. Returns whether the fp16 check passed (the run
+    goes on to the scores either way).
 
     Args:
         cache: folder for the validation sets, checkpoint (tiny.pt), export and predictions.
@@ -79,49 +81,61 @@ def run_demo(
     synth_dir = cache / f"val-{sequences}x{frames}-s{seed}"
     sets = {"natural": natural_dir, "synthetic": synth_dir}
     if not natural_dir.exists():
-        step(f"1/5 making {natural} natural videos x {frames} frames -> {natural_dir}")
+        step(f"1/6 making {natural} natural videos x {frames} frames -> {natural_dir}")
         make_natural_dataset(natural_dir, PhotoLibrary(photos_dir, split="val"),
                              sequences=natural, frames=frames, seed=natural_seed,
                              progress=True)
     if not synth_dir.exists():
-        step(f"1/5 making {sequences} synthetic videos x {frames} frames -> {synth_dir}")
+        step(f"1/6 making {sequences} synthetic videos x {frames} frames -> {synth_dir}")
         make_synthetic_dataset(
             synth_dir, sequences=sequences, frames=frames, seed=seed, progress=True
         )
-    step(f"1/5 validation videos ready: {natural_dir}, {synth_dir}")
+    step(f"1/6 validation videos ready: {natural_dir}, {synth_dir}")
 
     from mlvos.model.train.demo import is_cached_demo_model, train_demo_model
 
     # A checkpoint of an older recipe (or other minutes/photos) is retrained, not reused.
     if retrain or not is_cached_demo_model(ckpt, minutes=train_minutes,
                                            photos=str(photos_dir)):
-        step(f"2/5 training tiny for {train_minutes:g} min on natural + synthetic clips "
+        step(f"2/6 training tiny for {train_minutes:g} min on natural + synthetic clips "
              f"-> {ckpt}")
         train_demo_model(ckpt, minutes=train_minutes, photos=str(photos_dir), force=True)
     else:
-        step(f"2/5 reusing checkpoint {ckpt} (--retrain to train again)")
+        step(f"2/6 reusing checkpoint {ckpt} (--retrain to train again)")
 
     digest = sha256_file(ckpt)
     fresh = False
     try:
-        fresh = Manifest.load(export_dir).data["checkpoint"]["sha256"] == digest
+        made = Manifest.load(export_dir)
+        fresh = made.data["checkpoint"]["sha256"] == digest and "fp16" in made.precisions
     except Exception:
         fresh = False
     if not fresh:
         from mlvos.export.api import export_checkpoint
 
-        step(f"3/5 exporting to ONNX (fp32, validated against PyTorch) -> {export_dir}")
+        step(f"3/6 exporting to ONNX (fp32 + fp16, validated against PyTorch) -> {export_dir}")
         # Per-graph validation gates; the end-to-end comparison is reported, not gated: a
         # model trained for minutes decides many pixels by near ties, which any rounding flips.
-        export_checkpoint(ckpt, export_dir, precisions=("fp32",), force=True,
+        export_checkpoint(ckpt, export_dir, precisions=("fp32", "fp16"), force=True,
                           gate_end_to_end=False)
         e2e = json.loads((export_dir / "validation.json").read_text())["end_to_end"]
         ious = {k: round(v["min_iou"], 4) for k, v in e2e["comparisons"].items()}
         step(f"   end-to-end min per-frame IoU vs PyTorch fp32 (reported): {ious}")
     else:
-        step(f"3/5 reusing export in {export_dir}")
+        step(f"3/6 reusing export in {export_dir}")
 
-    step("4/5 propagating with onnxruntime (CPU)")
+    from mlvos.profiling.compare import run_check, summary_table
+
+    step("4/6 numerics: fp16 graphs vs fp32 on recorded feeds (`mlvos check`)")
+    check = run_check(model=export_dir, out=cache / "check", precisions=["fp16"], backend="ort",
+                      threads=threads)
+    for line in summary_table(check).splitlines():
+        if line.strip() and "polygraphy run" not in line and not line.startswith("repeat by"):
+            logger.info("   %s", line)
+    step(f"   fp16 vs fp32: {'PASS' if check['passed'] else 'FAIL'} "
+         f"(details and the polygraphy commands: {cache / 'check' / 'check.json'})")
+
+    step("5/6 propagating with onnxruntime (CPU)")
     n_frames, busy = 0, 0.0
     with open_runner(export_dir, backend="ort", threads=threads) as runner:
         for name, data in sets.items():
@@ -136,7 +150,7 @@ def run_demo(
                     n_frames += len(seq)
     fps = n_frames / (busy / 1e3)
 
-    step("5/5 scoring with the DAVIS 2017 protocol")
+    step("6/6 scoring with the DAVIS 2017 protocol")
     print()
     print(f"{'videos':<10} {'method':<34} {'J&F':>6} {'J':>6} {'F':>6}")
     for name, data in sets.items():
@@ -149,6 +163,9 @@ def run_demo(
         print(f"{name:<10} {'tiny, ONNX fp32 on onnxruntime CPU':<34} " + _fmt(ours))
     print(f"\n{n_frames} frames, {fps:.2f} FPS in the predictor (480p); "
           f"total demo time {time.perf_counter() - t_start:.0f} s")
+    if not check["passed"]:
+        logger.warning(f"the fp16 graphs failed the numerics check: {cache / 'check'}")
+    return bool(check["passed"])
 
 
 def _fmt(s: dict[str, float]) -> str:
