@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 
 from mlvos.runtime.backends import BACKENDS
+from mlvos.runtime.cli import cuda_index
+from mlvos.runtime.spec import Precision
 
 DEFAULT_RESOLUTIONS = "480p,720p,1080p"
 DEFAULT_OBJECTS = "1,2,4"
@@ -59,7 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help="report folder (report.json, *.csv, *.png)")
     p.add_argument("--backend", choices=BACKENDS, default="ort")
-    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (as exported)")
+    p.add_argument(
+        "--precision", default=None, choices=Precision.GRAPHS,
+        help="graph precision (as exported); default: fp16 on trt, fp32 on ort and torch")
     p.add_argument(
         "--device", default="cpu",
         help="cpu or cuda[:N] (ort: CUDA provider + IO binding; trt) or a torch device",
@@ -227,6 +231,9 @@ def main(args: argparse.Namespace) -> int:
             "mlvos profile needs --out DIR and --model DIR (or --checkpoint CKPT); see "
             "`mlvos profile --help`"
         )
+    from mlvos.runtime.backends import DEFAULT_PRECISION
+
+    args.precision = args.precision or DEFAULT_PRECISION[args.backend]
     model = args.model
     if args.checkpoint:
         ckpt = Path(args.checkpoint)
@@ -356,7 +363,8 @@ def register_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic video")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (recording)")
     p.add_argument("--engine-dir", default=None, help="TensorRT engines (EXPORT_DIR/engines)")
-    p.add_argument("--device", type=int, default=0, help="CUDA device index (trt)")
+    p.add_argument("--device", type=cuda_index, default=0, metavar="DEVICE",
+                   help="GPU of the trt backend: cuda or cuda:N (default cuda:0)")
     p.set_defaults(func=main_check)
 
 

@@ -63,7 +63,8 @@ def register_engine(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-tf32", action="store_true", help="exact FP32 math (TensorRT allows TF32 by default)"
     )
-    p.add_argument("--device", type=int, default=0, help="CUDA device index")
+    p.add_argument("--device", type=cuda_index, default=0, metavar="DEVICE",
+                   help="cuda or cuda:N (a bare N is read as cuda:N; default cuda:0)")
     p.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
     p.set_defaults(func=main_engine)
 
@@ -141,7 +142,10 @@ def register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="split of --data (val)")
     p.add_argument("--out", required=True, help="output folder for the PNG masks")
     p.add_argument("--backend", choices=BACKENDS, default="ort")
-    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (as exported)")
+    p.add_argument(
+        "--precision", default=None, choices=ENGINE_PRECISIONS,
+        help="graph precision (as exported); default: fp16 on trt (as `mlvos engine`), fp32 on "
+        "ort and torch")
     p.add_argument(
         "--device", default="cpu",
         help="cpu or cuda[:N]: ort (CUDA provider + IO binding), trt, or a torch device",
@@ -183,6 +187,19 @@ def register_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main_run)
 
 
+def cuda_index(text: str) -> int:
+    """argparse type of a GPU option: cuda, cuda:N or N -> N."""
+    from mlvos.runtime.spec import parse_device
+
+    try:
+        kind, index = parse_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if kind != "cuda":
+        raise argparse.ArgumentTypeError("TensorRT engines are built on a GPU: use cuda or cuda:N")
+    return index
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -209,10 +226,12 @@ def main_run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mlvos.errors import InputError, require
+    from mlvos.runtime.backends import DEFAULT_PRECISION
     from mlvos.runtime.predictor import VideoPredictor
     from mlvos.runtime.spec import DEFAULT_MEM_EVERY, TIMED_STAGES
     from mlvos.runtime.video_io import ContactSheet, FrameSource, OverlayWriter, draw_overlay
 
+    args.precision = args.precision or DEFAULT_PRECISION[args.backend]
     palette_io = require("mlvos.palette", "ort", "reading/writing palette PNGs")
     tqdm = require("tqdm", "ort", "progress bars").tqdm
     if args.data:

@@ -70,6 +70,21 @@ def parse_resolution(text: str) -> tuple[str, int, int]:
     return (f"{h}x{w}", h, w)
 
 
+def parse_device(text: str) -> tuple[str, int]:
+    """The one device syntax of every backend and CLI: "cpu", "cuda" or "cuda:N" (a bare "N" is
+    read as "cuda:N") -> ("cpu", 0) or ("cuda", N)."""
+    t = str(text).strip().lower()
+    if t == "cpu":
+        return ("cpu", 0)
+    if t.isdigit():
+        return ("cuda", int(t))
+    if t == "cuda":
+        return ("cuda", 0)
+    if t.startswith("cuda:") and t[5:].isdigit():
+        return ("cuda", int(t[5:]))
+    raise InputError(f"unknown device {text!r}: use cpu, cuda or cuda:N (N = GPU index)")
+
+
 # Per-frame stages the predictor times (milliseconds per frame; "total" = the whole step), and
 # the stages that do work (all but "total").
 TIMED_STAGES: tuple[str, ...] = (

@@ -8,16 +8,19 @@ from pathlib import Path
 
 from mlvos.errors import InputError
 from mlvos.runtime.manifest import MANIFEST_FILE, Manifest
-from mlvos.runtime.spec import DEFAULT_CAPACITY
+from mlvos.runtime.spec import DEFAULT_CAPACITY, parse_device
 
 BACKENDS = ("ort", "trt", "torch")
+# The precision a backend runs when none is asked for: TensorRT's point is FP16; onnxruntime on
+# the CPU and the torch reference run FP32 (`mlvos engine` builds the same default as `mlvos run`).
+DEFAULT_PRECISION = {"ort": "fp32", "trt": "fp16", "torch": "fp32"}
 
 
 def open_runner(
     model: str | os.PathLike,
     *,
     backend: str = "ort",
-    precision: str = "fp32",
+    precision: str | None = None,
     device: str = "cpu",
     providers: list[str] | None = None,
     threads: int | None = None,
@@ -34,7 +37,8 @@ def open_runner(
         model: export directory (with manifest.json); for backend "torch" also a checkpoint file.
         backend: "ort" (onnxruntime), "trt" (TensorRT engines, built/cached on first use) or
             "torch".
-        precision: graph precision ("fp32", "fp16", "int8" for ort when exported).
+        precision: graph precision ("fp32", "fp16", "int8" when exported); default: the
+            backend's DEFAULT_PRECISION (trt fp16, ort and torch fp32).
         device: torch device (torch); "cpu" or "cuda[:N]" (ort: picks the CUDA execution
             provider, onnxruntime-gpu); the CUDA device (trt).
         providers: onnxruntime execution providers (overrides the choice from `device`).
@@ -50,6 +54,9 @@ def open_runner(
     path = Path(model)
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    precision = precision or DEFAULT_PRECISION[backend]
+    kind, index = parse_device(device)  # one syntax for every backend: cpu, cuda, cuda:N
+    device = "cpu" if kind == "cpu" else f"cuda:{index}"
     if backend == "ort":
         from mlvos.runtime.backends.onnxrt import (
             GPU_PROVIDERS,
@@ -68,7 +75,6 @@ def open_runner(
     if backend == "trt":
         from mlvos.runtime.backends.trt import TrtRunner
 
-        index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
         return TrtRunner(
             Manifest.load(path),
             precision,

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from mlvos.errors import InputError, MlvosError, require
+from mlvos.errors import MlvosError, require
 from mlvos.runtime.backends.base import Runner
 from mlvos.runtime.manifest import Manifest
-from mlvos.runtime.spec import FEATURE_STRIDE, Graph, Tensor
+from mlvos.runtime.spec import FEATURE_STRIDE, Graph, Tensor, parse_device
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
@@ -28,15 +28,13 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 def providers_for(device: str) -> list[str]:
     """Execution providers for a device string: "cpu", "cuda" or "cuda:N" (CUDA EP, then CPU
     for the ops it lacks)."""
-    if device == "cpu":
+    if parse_device(device)[0] == "cpu":
         return ["CPUExecutionProvider"]
-    if device == "cuda" or device.startswith("cuda:"):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise InputError(f"ort device must be cpu, cuda or cuda:N, received {device!r}")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def device_index(device: str) -> int:
-    return int(device.split(":")[1]) if device.startswith("cuda:") else 0
+    return parse_device(device)[1]
 
 
 class OrtRunner(Runner):

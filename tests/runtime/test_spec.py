@@ -37,3 +37,38 @@ def test_parse_resolution(text, expected):
 def test_parse_resolution_rejects(text):
     with pytest.raises(InputError, match="resolution"):
         spec.parse_resolution(text)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("cpu", ("cpu", 0)), ("CUDA", ("cuda", 0)), ("cuda:1", ("cuda", 1)), ("2", ("cuda", 2))],
+)
+def test_parse_device(text, expected):
+    assert spec.parse_device(text) == expected
+
+
+@pytest.mark.parametrize("text", ["gpu0", "cuda:x", "cuda:-1", ""])
+def test_parse_device_rejects(text):
+    with pytest.raises(InputError, match="use cpu, cuda or cuda:N"):
+        spec.parse_device(text)
+
+
+def test_one_device_syntax_and_default_precision_everywhere():
+    import argparse
+
+    from mlvos.runtime import cli
+    from mlvos.runtime.backends import DEFAULT_PRECISION, open_runner
+
+    with pytest.raises(InputError, match="unknown device 'gpu0'"):
+        open_runner("no-such-export", backend="ort", device="gpu0")
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    cli.register_engine(sub)
+    cli.register_run(sub)
+    args = parser.parse_args(["engine", "--model", "m", "--device", "cuda:1"])
+    assert args.device == 1 and args.precision == DEFAULT_PRECISION["trt"] == "fp16"
+    with pytest.raises(SystemExit):  # TensorRT builds on a GPU
+        parser.parse_args(["engine", "--model", "m", "--device", "cpu"])
+    run = parser.parse_args(["run", "--model", "m", "--input", "v", "--out", "o"])
+    assert run.precision is None  # main_run takes DEFAULT_PRECISION[--backend]
+    assert DEFAULT_PRECISION == {"ort": "fp32", "trt": "fp16", "torch": "fp32"}
