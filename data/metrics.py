@@ -13,6 +13,8 @@ import warnings
 
 import numpy as np
 
+from mlvos.errors import require
+
 BOUND_TH = 0.008  # official default: dilation radius = ceil(0.008 * image diagonal)
 
 
@@ -83,7 +85,7 @@ def db_eval_iou(annotation, segmentation, void_pixels=None):
 
 def _f_from_boundaries(fg_b: np.ndarray, gt_b: np.ndarray, bound_pix: float) -> float:
     """F of one frame from its two boundary maps (official `f_measure` arithmetic)."""
-    import cv2
+    cv2 = require("cv2", "ort", "the F measure's boundary dilation")
 
     n_fg = int(np.count_nonzero(fg_b))
     n_gt = int(np.count_nonzero(gt_b))

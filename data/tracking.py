@@ -130,7 +130,7 @@ def largest_component_share(binary: np.ndarray) -> float:
     Returns:
         a fraction in (0, 1].
     """
-    cv2 = require("cv2", "train", "connected components of the tracking statistics")
+    cv2 = require("cv2", "ort", "connected components of the tracking statistics")
     n, _, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
     areas = stats[1:n, cv2.CC_STAT_AREA]
     return float(areas.max() / areas.sum())

@@ -28,7 +28,7 @@ class FrameSource:
                 raise DatasetError(f"{self.path} holds no images ({', '.join(IMAGE_EXTS)})")
             self.names = [p.stem for p in self.files]
         elif self.path.is_file() and self.path.suffix.lower() in VIDEO_EXTS:
-            cv2 = require("cv2", "train", "reading video files")
+            cv2 = require("cv2", "ort", "reading video files")
             cap = cv2.VideoCapture(str(self.path))
             if not cap.isOpened():
                 raise DatasetError(
@@ -58,7 +58,7 @@ class FrameSource:
                     return im.height, im.width
             except OSError as e:
                 raise DatasetError(f"cannot read frame {self.files[0]}: {e}") from None
-        cv2 = require("cv2", "train", "reading video files")
+        cv2 = require("cv2", "ort", "reading video files")
         cap = cv2.VideoCapture(str(self.path))
         try:
             return int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
@@ -75,7 +75,7 @@ class FrameSource:
                 except OSError as e:
                     raise DatasetError(f"cannot read frame {p}: {e}") from None
             return
-        cv2 = require("cv2", "train", "reading video files")
+        cv2 = require("cv2", "ort", "reading video files")
         cap = cv2.VideoCapture(str(self.path))
         try:
             i = 0
@@ -127,7 +127,7 @@ class OverlayWriter:
     """Writes frames blended with coloured masks to an .mp4 (OpenCV), atomically on close."""
 
     def __init__(self, path: str | os.PathLike, fps: float = 25.0):
-        self.cv2 = require("cv2", "train", "writing overlay videos")
+        self.cv2 = require("cv2", "ort", "writing overlay videos")
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
         self.fps = fps
