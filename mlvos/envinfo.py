@@ -68,5 +68,31 @@ def collect() -> dict[str, str]:
         info["onnxruntime providers"] = ", ".join(ort.get_available_providers())
     except Exception:
         pass
+    for label, module in (("modelopt", "modelopt"), ("cuda-python", "cuda.bindings"),
+                          ("opencv", "cv2"), ("pillow", "PIL")):
+        info[label] = _version(module)
+    info["cuda"] = _cuda_versions()
     info["gpu"] = _nvidia_smi()
+    l4t = _l4t_release()
+    if l4t:
+        info["L4T (Jetson)"] = l4t
     return info
+
+
+def _cuda_versions() -> str:
+    try:
+        from mlvos.runtime.backends import cuda_mem
+
+        v = cuda_mem.cuda_versions()
+        return f"driver supports {v['driver']}, runtime {v['runtime']}"
+    except Exception as e:  # noqa: BLE001 - a report never crashes
+        return f"unknown ({type(e).__name__})"
+
+
+def _l4t_release() -> str | None:
+    """The Jetson Linux release ("R36 (release), REVISION: 4.0" on JetPack 6.1), or None."""
+    try:
+        with open("/etc/nv_tegra_release") as f:
+            return f.readline().strip().lstrip("# ") or None
+    except OSError:
+        return None

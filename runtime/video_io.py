@@ -4,6 +4,7 @@ the mask overlay drawing, the overlay video and the contact sheet of chosen fram
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from mlvos.errors import DatasetError, InputError, require
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -34,9 +37,17 @@ class FrameSource:
                 raise DatasetError(
                     f"cannot open video {self.path} (unsupported codec or corrupt file)"
                 )
-            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             self.fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+            # Containers misreport their frame count (variable frame rate, damaged indexes):
+            # count by walking the stream (grab: no colour conversion), so no frame is dropped.
+            n = 0
+            while cap.grab():
+                n += 1
             cap.release()
+            if n != reported:
+                logger.warning(f"{self.path}: the container reports {reported} frames, the "
+                               f"stream holds {n}; using {n}")
             self.files = None
             self.names = [f"{i:05d}" for i in range(max(n, 0))]
         else:

@@ -46,3 +46,38 @@ def test_contact_sheet_errors(tmp_path):
     assert sheet.missing == [5]
     with pytest.raises(InputError, match="none of the contact sheet frames"):
         sheet.save()
+
+
+def test_frames_are_counted_by_decoding_not_by_the_header(tmp_path, monkeypatch, caplog):
+    """A container that misreports its frame count (variable frame rate, damaged index) loses no
+    frame: the count comes from the stream, and the mismatch is reported."""
+    cv2 = pytest.importorskip("cv2")
+    from mlvos.runtime import video_io
+
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for i in range(7):
+        writer.write(np.full((48, 64, 3), 30 * i, np.uint8))
+    writer.release()
+
+    class LyingCapture:  # reports 3 frames for a 7-frame stream
+        def __init__(self, name):
+            self.cap = cv2.VideoCapture(name)
+
+        def get(self, prop):
+            return 3 if prop == cv2.CAP_PROP_FRAME_COUNT else self.cap.get(prop)
+
+        def __getattr__(self, name):
+            return getattr(self.cap, name)
+
+    shim = type("cv2shim", (), {})()
+    for name in dir(cv2):
+        if not name.startswith("__"):
+            setattr(shim, name, getattr(cv2, name))
+    shim.VideoCapture = LyingCapture
+    monkeypatch.setattr(video_io, "require", lambda module, *a: shim if module == "cv2"
+                        else __import__(module))
+    with caplog.at_level("WARNING", logger="mlvos.runtime.video_io"):
+        source = video_io.FrameSource(path)
+    assert len(source) == 7 and len(list(source)) == 7
+    assert "reports 3 frames, the stream holds 7" in caplog.text
