@@ -219,3 +219,34 @@ def label_map_iou(reference: np.ndarray, other: np.ndarray) -> float:
         a, b = reference == i, other == i
         scores.append(np.logical_and(a, b).sum() / np.logical_or(a, b).sum())
     return float(np.mean(scores))
+
+
+def decisive_agreement(
+    reference: np.ndarray, other: np.ndarray, obj_probs: np.ndarray | None, margin: float
+) -> dict[str, float]:
+    """Label-map agreement where the reference's decision is clear.
+
+    Near-ties flip under any rounding; a pixel is decisive when its top-two reference
+    probabilities (background = 1 - sum of the objects' included) differ by more than `margin`.
+
+    Args:
+        reference, other: (H, W) label maps (slot or object ids).
+        obj_probs: (O, H, W) reference object probabilities; None: every pixel is decisive.
+
+    Returns:
+        {"mismatch": share of all pixels that differ, "decisive_fraction": share of pixels that
+        are decisive, "decisive_mismatch": share of the decisive pixels that differ}.
+    """
+    mismatch = reference != other
+    if obj_probs is None:
+        decisive = np.ones_like(mismatch)
+    else:
+        full = np.concatenate([1.0 - obj_probs.sum(axis=0, keepdims=True), obj_probs], axis=0)
+        top2 = np.sort(full, axis=0)[-2:]
+        decisive = (top2[1] - top2[0]) > margin
+    n = int(decisive.sum())
+    return {
+        "mismatch": float(mismatch.mean()) if mismatch.size else 0.0,
+        "decisive_fraction": n / max(mismatch.size, 1),
+        "decisive_mismatch": float(mismatch[decisive].sum() / n) if n else 0.0,
+    }

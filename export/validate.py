@@ -63,21 +63,12 @@ def representative_samples(model, rep: dict[str, Any], capacity: int) -> dict[st
 
 
 def _label_metrics(ref: np.ndarray, got: np.ndarray, obj_probs: np.ndarray | None, tol) -> dict:
-    mismatch = ref != got
-    if obj_probs is None:
-        decisive = np.ones_like(mismatch)
-    else:
-        probs = np.concatenate([1.0 - obj_probs.sum(axis=0, keepdims=True), obj_probs], axis=0)
-        top2 = np.sort(probs, axis=0)[-2:]
-        decisive = (top2[1] - top2[0]) > 2.0 * (tol["atol"] + tol["rtol"])
-    n = int(decisive.sum())
-    decisive_mismatch = float(mismatch[decisive].sum() / n) if n else 0.0
-    return {
-        "mismatch": float(mismatch.mean()) if mismatch.size else 0.0,
-        "decisive_fraction": n / max(mismatch.size, 1),
-        "decisive_mismatch": decisive_mismatch,
-        "passed": decisive_mismatch <= tol["label_mismatch"],
-    }
+    """Labels judged where the decision is clear: the top-two gap exceeds twice obj_probs'
+    tolerance (data.metrics.decisive_agreement)."""
+    from mlvos.data.metrics import decisive_agreement
+
+    out = decisive_agreement(ref, got, obj_probs, 2.0 * (tol["atol"] + tol["rtol"]))
+    return {**out, "passed": out["decisive_mismatch"] <= tol["label_mismatch"]}
 
 
 def compare_outputs(

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from mlvos.data.metrics import decisive_agreement
 from mlvos.errors import InputError, MlvosError, require
 from mlvos.logs import clock, stamped
 from mlvos.profiling.check_candidates import (
@@ -137,16 +138,10 @@ def _label_metrics(ref: list, got: list, probs: list, tol: dict[str, float]) -> 
         if r.shape != g.shape:
             return {"kind": "labels", "mismatch": 1.0, "limit": tol["label_mismatch"],
                     "passed": False, "error": f"shape {g.shape} != reference {r.shape}"}
-        mismatch = r != g
-        decisive = np.ones_like(mismatch)
-        if p is not None:
-            full = np.concatenate([1.0 - p.sum(axis=0, keepdims=True), p], axis=0)
-            top2 = np.sort(full, axis=0)[-2:]
-            decisive = (top2[1] - top2[0]) > 2.0 * (tol["atol"] + tol["rtol"])
-        n = int(decisive.sum())
-        worst = max(worst, float(mismatch.mean()) if mismatch.size else 0.0)
-        worst_decisive = max(worst_decisive, float(mismatch[decisive].sum() / n) if n else 0.0)
-        decisive_share = min(decisive_share, n / max(mismatch.size, 1))
+        m = decisive_agreement(r, g, p, 2.0 * (tol["atol"] + tol["rtol"]))
+        worst = max(worst, m["mismatch"])
+        worst_decisive = max(worst_decisive, m["decisive_mismatch"])
+        decisive_share = min(decisive_share, m["decisive_fraction"])
     return {
         "kind": "labels",
         "mismatch": worst,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlvos.data.metrics import decisive_agreement
 from mlvos.profiling.measure import SyntheticVideo
 
 if TYPE_CHECKING:
@@ -87,14 +88,8 @@ def _decisive(probs: np.ndarray, ref: np.ndarray, got: np.ndarray) -> dict[str, 
     """Label mismatch at one step (frame 1) on the pixels whose top-two reference probabilities
     (background included) differ by more than DECISIVE_MARGIN: near-ties flip under any
     rounding, decisive pixels should not."""
-    full = np.concatenate([1.0 - probs.sum(axis=0, keepdims=True), probs], axis=0)
-    top2 = np.sort(full, axis=0)[-2:]
-    decisive = (top2[1] - top2[0]) > DECISIVE_MARGIN
-    n = int(decisive.sum())
-    return {
-        "decisive_fraction": n / decisive.size,
-        "decisive_mismatch": float((ref != got)[decisive].sum() / n) if n else 0.0,
-    }
+    m = decisive_agreement(ref, got, probs, DECISIVE_MARGIN)
+    return {k: m[k] for k in ("decisive_fraction", "decisive_mismatch")}
 
 
 def _ids(video: SyntheticVideo) -> list[int]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlvos.profiling.measure import run_video, stage_sum_check, summarize
-from mlvos.runtime.spec import parse_resolution
+from mlvos.runtime.spec import parse_device, parse_resolution
 
 if TYPE_CHECKING:
     from mlvos.profiling.gpu_check import Settings, _Check
@@ -38,12 +38,6 @@ FINAL_S = 10.0
 PRECISION = "fp16"
 
 
-def device_index(device: str) -> int:
-    """"cuda" -> 0, "cuda:1" -> 1."""
-    _, _, index = device.partition(":")
-    return int(index or 0)
-
-
 def trt_status(settings: Settings) -> tuple[bool, str]:
     """(True, versions) if the TensorRT part can run, else (False, why). Never raises."""
     try:
@@ -52,11 +46,11 @@ def trt_status(settings: Settings) -> tuple[bool, str]:
         found = False
     if not found:
         return False, "tensorrt not importable"
-    if not settings.device.startswith("cuda"):
+    if parse_device(settings.device)[0] != "cuda":
         return False, f"needs CUDA (device {settings.device})"
     from mlvos.runtime.backends.cuda_mem import cuda_device_status
 
-    ok, why = cuda_device_status(device_index(settings.device))
+    ok, why = cuda_device_status(parse_device(settings.device)[1])
     if not ok:
         return False, f"no usable CUDA device for TensorRT: {why}"
     try:
@@ -92,7 +86,7 @@ def _engines(chk: _Check, variant: str, export_dir: Path) -> dict[str, Any]:
         Manifest.load(export_dir),
         PRECISION,
         profile=Profile(),
-        device=device_index(chk.settings.device),
+        device=parse_device(chk.settings.device)[1],
     )
     seconds = time.perf_counter() - t0
     logger.info(f"[{chk._t()}] {variant} trt: {PRECISION} engines ready in {seconds:.0f} s")
@@ -113,7 +107,7 @@ def _open(chk: _Check, export_dir: Path) -> Any:
         PRECISION,
         profile=Profile(),
         allow_build=False,
-        device=device_index(chk.settings.device),
+        device=parse_device(chk.settings.device)[1],
     )
     runner.open()
     return runner
@@ -163,7 +157,7 @@ def _check(chk: _Check, variant: str, export_dir: Path, workdir: Path) -> dict[s
         out=workdir / f"{variant}-check",
         backend="trt",
         precisions=[PRECISION],
-        device=device_index(chk.settings.device),
+        device=parse_device(chk.settings.device)[1],
     )
     kept = {k: report.get(k) for k in ("passed", "precisions", "graphs", "attention", "seconds")}
     chk.report["variants"][variant]["trt"]["check"] = kept

@@ -96,7 +96,17 @@ class MemoryPolicy:
         """Frame indices of the annotations in the bank, oldest first."""
         return sorted(e.frame for e in self.slots.values() if e.kind == ANNOTATED)
 
-    def refusal(self, frame: int, kept: list[int]) -> str:
+    def check_room(self, frame: int, pending: list[int]) -> None:
+        """Under "refuse", raise InputError unless an annotation of `frame` fits beside the
+        stored annotations and the `pending` ones (each will take a permanent slot): checked
+        when a mask is given, before any frame has changed the bank."""
+        if self.annotations != REFUSE:
+            return
+        kept = sorted(self.annotated_frames() + [f for f in pending if f != frame])
+        if len(kept) + 1 > self.capacity - 1:
+            raise InputError(self._refusal(frame, kept))
+
+    def _refusal(self, frame: int, kept: list[int]) -> str:
         """The "refuse" message for an annotation of `frame` when frames `kept` (stored or
         pending) are annotated already."""
         return (f"the annotation of frame {frame} does not fit: a bank of capacity "
@@ -159,7 +169,7 @@ class MemoryPolicy:
         first; with one permanent slot, the only one), warning; raises under "refuse"."""
         annotated = sorted((e.frame, s) for s, e in self.slots.items() if e.kind == ANNOTATED)
         if self.annotations == REFUSE:
-            raise InputError(self.refusal(frame, [f for f, _ in annotated]))
+            raise InputError(self._refusal(frame, [f for f, _ in annotated]))
         victim, slot = annotated[1] if len(annotated) > 1 else annotated[0]
         logger.warning(
             f"memory bank full: the annotation of frame {victim} is evicted for the annotation "
@@ -337,12 +347,7 @@ class VideoPredictor:
                 f"{len(self.ids) + len(new)} objects requested but this engine supports at most "
                 f"{self.max_objects}; rebuild the engine with a larger --max-objects or track fewer"
             )
-        if self.policy.annotations == REFUSE:
-            # Refuse here, before step() has changed anything: stored annotations stay (none is
-            # evicted under "refuse"), and every pending one will take a permanent slot.
-            kept = self.policy.annotated_frames() + [f for f in self.pending if f != frame_index]
-            if len(kept) + 1 > self.policy.capacity - 1:
-                raise InputError(self.policy.refusal(frame_index, sorted(kept)))
+        self.policy.check_room(frame_index, list(self.pending))
         self.pending[frame_index] = (mask, ids)
 
     def remove_object(self, object_id: int) -> None:

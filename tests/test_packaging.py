@@ -25,8 +25,12 @@ def _sh(*cmd, timeout=600, **kw) -> subprocess.CompletedProcess:
 def runtime_venv(tmp_path_factory) -> Path:
     """bin/ of a fresh venv holding only the wheel and its [ort] extra."""
     root = tmp_path_factory.mktemp("pkg")
+    # Built from a copy: setuptools writes build/ beside the sources it builds.
+    src = root / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"))
     r = _sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-            "-w", root / "dist", ROOT)
+            "-w", root / "dist", src)
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next((root / "dist").glob("mlvos-*.whl"))
     r = _sh(sys.executable, "-m", "venv", root / "venv")

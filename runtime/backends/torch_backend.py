@@ -17,8 +17,9 @@ class TorchRunner:
     """Runner on PyTorch (same contract as runtime.backends.base.Runner).
 
     Args:
-        checkpoint: mlvos checkpoint file, or an STMNet already in memory (used as is: put it in
-            eval mode; the PyTorch reference of export and the tests run this way).
+        checkpoint: mlvos checkpoint file, or an STMNet already in memory (put it in eval mode;
+            it is moved to `device` and cast to `precision` in place, as nn.Module.to does: pass
+            a copy to keep the original). The PyTorch reference of export runs this way.
         device: "cpu" or "cuda[:N]".
         precision: "fp32", "fp16" (needs CUDA) or "bf16" (CPU or CUDA).
         capacity: memory slots.
@@ -61,8 +62,7 @@ class TorchRunner:
             model = checkpoint.to(self.device)
         else:
             model, _ = load_model(checkpoint, map_location=device)
-        if read_topk is not None or read_kernel is not None:
-            model = with_read_options(model, topk=read_topk, kernel=read_kernel)
+        model = with_read_options(model, topk=read_topk, kernel=read_kernel)
         self.model = model.to(self.dtype)
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         if self.channels_last:

@@ -121,7 +121,6 @@ def test_trt_status_never_imports_tensorrt_without_a_device(monkeypatch):
     ok, why = gpu_trt.trt_status(_settings(False))
     assert not ok and why == "no usable CUDA device for TensorRT: no driver"
     assert imported == []
-    assert gpu_trt.device_index("cuda") == 0 and gpu_trt.device_index("cuda:1") == 1
 
 
 @pytest.mark.gpu
