@@ -32,6 +32,14 @@ class MissingDependencyError(MlvosError, ImportError):
     """An optional dependency is not installed; the message names the pip extra to install."""
 
 
+class DiskFullError(MlvosError, OSError):
+    """A write ran out of disk space (ENOSPC / EDQUOT); nothing partial was left behind."""
+
+
+class BusyError(MlvosError):
+    """Another process holds the lock of an artifact this one must write (it is writing it)."""
+
+
 def require(module: str, extra: str, purpose: str):
     """Import an optional dependency or raise MissingDependencyError naming the pip extra.
 

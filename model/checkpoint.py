@@ -4,13 +4,21 @@ Layout (plain dict):
     format: "mlvos-checkpoint", format_version: 1, mlvos_version: str,
     variant: str, config: dict (ModelConfig.to_dict), stage: str, iteration: int,
     model: state_dict, extra: dict (training state such as optimizer/RNG, optional)
+
+The file is sealed with its own sha256: the zip archive's comment, the last bytes of the file,
+reads "mlvos-sha256:<hex>" with the hex of every byte before it (torch.load and zip readers skip
+the comment). read_checkpoint checks the seal before torch.load sees the file, so a truncated or
+bit-flipped checkpoint is refused, never deserialized.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import os
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +26,16 @@ import torch
 
 from mlvos import __version__
 from mlvos.errors import CheckpointError
-from mlvos.fileio import atomic_path
+from mlvos.fileio import atomic_path, sha256_file
 from mlvos.model.config import ModelConfig
 from mlvos.model.network import STMNet
 from mlvos.model.registry import build_model
 
 FORMAT = "mlvos-checkpoint"
 FORMAT_VERSION = 1
+SEAL_TAG = b"mlvos-sha256:"
+_SEAL_LEN = len(SEAL_TAG) + 64
+_EOCD = b"PK\x05\x06"  # zip end-of-central-directory record: 22 bytes, then the comment
 
 
 def save_checkpoint(
@@ -47,21 +58,113 @@ def save_checkpoint(
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
+    return write_checkpoint_state(path, state)
+
+
+def write_checkpoint_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write a checkpoint dict atomically (temp file + rename), sealed with its sha256."""
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        _seal(tmp)
     return path
+
+
+def _seal(path: Path) -> None:
+    """Append the file's sha256 as its zip comment (see the module docstring)."""
+    with open(path, "r+b") as f:
+        f.seek(-22, os.SEEK_END)
+        eocd = f.read(22)
+        if eocd[:4] != _EOCD or eocd[-2:] != b"\0\0":
+            raise CheckpointError(
+                f"torch {torch.__version__} wrote {path} without a plain zip end record; mlvos "
+                "cannot seal it with its sha256. Use a torch version listed in constraints.txt"
+            )
+        f.seek(-2, os.SEEK_END)  # the comment length, then the comment
+        f.write(_SEAL_LEN.to_bytes(2, "little") + SEAL_TAG)
+        f.flush()
+        digest = sha256_file(path)
+        f.seek(0, os.SEEK_END)
+        f.write(digest.encode("ascii"))
+
+
+def _check_seal(path: Path) -> bool:
+    """Verify the file's seal before anything reads it as a checkpoint.
+
+    Returns:
+        True if sealed and intact; False if it carries no seal (written by an older mlvos or by
+        plain torch.save, cut before its zip end record, or a flipped bit in the seal's tag):
+        _zip_check then applies.
+
+    Raises:
+        CheckpointError: the seal is cut off or does not match the bytes.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 22 - _SEAL_LEN))
+        tail = f.read()
+        at = tail.rfind(_EOCD)
+        comment = tail[at + 22:] if at >= 0 else b""
+        if (at < 0 or tail[at + 20:at + 22] != _SEAL_LEN.to_bytes(2, "little")
+                or comment[:len(SEAL_TAG)] != SEAL_TAG[:len(comment)]):
+            return False
+        recorded = comment[len(SEAL_TAG):]
+        if len(comment) != _SEAL_LEN or not re.fullmatch(rb"[0-9a-f]{64}", recorded):
+            raise CheckpointError(
+                f"{path} is truncated or corrupted: the sha256 sealed at its end is cut off or "
+                "damaged, so it was not loaded. Restore it from a copy or re-create it "
+                "(`mlvos model init`, `mlvos train`)"
+            )
+        h, left = hashlib.sha256(), size - 64
+        f.seek(0)
+        while left > 0:
+            block = f.read(min(1 << 20, left))
+            h.update(block)
+            left -= len(block)
+    if h.hexdigest() != recorded.decode():
+        raise CheckpointError(
+            f"{path} does not match the sha256 sealed into it when it was written "
+            f"(sha256 {h.hexdigest()[:12]}... vs {recorded.decode()[:12]}...): the file is "
+            "corrupted, so it was not loaded. Restore it from a copy or re-create it "
+            "(`mlvos model init`, `mlvos train`)"
+        )
+    return True
+
+
+def _zip_check(path: Path) -> None:
+    """An unsealed file: check its zip structure and every record's CRC32 before torch.load (a
+    truncated file has no zip end record left, a flipped bit fails its record's CRC)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except Exception as e:  # BadZipFile, zlib.error, EOFError, OSError, ...
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or not a torch file; "
+            f"{type(e).__name__}: {detail[:200]}). Re-create it with `mlvos model init` or "
+            "`mlvos train`"
+        ) from None
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} is corrupted (its record {bad} fails its CRC32 check), so it was not "
+            "loaded. Restore it from a copy or re-create it (`mlvos model init`, `mlvos train`)"
+        )
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate the raw checkpoint dict (no model built).
 
+    The file's seal (or, for an unsealed file, its zip CRC32s) is checked before torch.load.
+
     Raises:
-        CheckpointError: missing, truncated, not a torch file, or not an mlvos checkpoint.
+        CheckpointError: missing, truncated, corrupted, not a torch file, or not an mlvos
+            checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    if not _check_seal(path):
+        _zip_check(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError, ...

@@ -154,6 +154,15 @@ class Manifest:
             data["precisions"] = [*data.get("precisions", []), precision]
         return Manifest(self.root, data)
 
+    def without_precision(self, precision: str) -> Manifest:
+        """A copy with graphs[*][precision] and `precision` in "precisions" removed; every other
+        key is unchanged."""
+        data = copy.deepcopy(self.data)
+        for per_precision in data["graphs"].values():
+            per_precision.pop(precision, None)
+        data["precisions"] = [p for p in data.get("precisions", []) if p != precision]
+        return Manifest(self.root, data)
+
     def verify(self) -> list[str]:
         """Every mismatch between the files in ROOT and the manifest's sha256 sums (empty: ok)."""
         entries = []

@@ -103,7 +103,7 @@ def train_demo_model(out_ckpt: str | os.PathLike, *, minutes: float = 4.0, seed:
     Returns:
         Path of the checkpoint (loadable by `mlvos infer` / load_model).
     """
-    from mlvos.fileio import atomic_path
+    from mlvos.model.checkpoint import read_checkpoint, write_checkpoint_state
     from mlvos.model.train.trainer import TrainOptions, train
 
     out = Path(out_ckpt)
@@ -118,15 +118,12 @@ def train_demo_model(out_ckpt: str | os.PathLike, *, minutes: float = 4.0, seed:
         if previous is not None:
             opts.variant, opts.init = None, str(previous)
         previous = train(opts).checkpoint
-    # re-save with the demo key (atomic), so the cache check above can recognise it
-    import torch
-
-    state = torch.load(previous, map_location="cpu", weights_only=True)
+    # re-save with the demo key (atomic, sealed), so the cache check above can recognise it
+    state = read_checkpoint(previous)
     train_state = state["extra"].get("train", {})
     # a demo model is for inference: drop the optimizer / RNG state (3x the weights' size)
     state["extra"] = {"demo": key, "train": {k: train_state[k] for k in
                                              ("options", "step", "elapsed_s", "history")
                                              if k in train_state}}
-    with atomic_path(out) as tmp:
-        torch.save(state, tmp)
+    write_checkpoint_state(out, state)
     return out

@@ -76,8 +76,12 @@ def resolve_resume(path: str) -> Path:
     if p.is_dir():
         p = p / LAST
         if not p.is_file():
+            # A run killed before its first checkpoint leaves only its log: --force restarts it.
+            restart = ("the run stopped before its first checkpoint: start it again with --force "
+                       "instead of --resume" if (p.parent / LOG).is_file()
+                       else "start a new run without --resume")
             raise CheckpointError(f"--resume {path}: the folder has no {LAST}; nothing to resume "
-                                  "(start a new run without --resume)")
+                                  f"({restart})")
     elif not p.is_file():
         raise CheckpointError(f"--resume {path}: no such checkpoint file or run folder")
     return p
@@ -308,6 +312,8 @@ def _train(opts: TrainOptions, info, state, load_model, build_model) -> TrainRes
         history = list(state["extra"]["train"].get("history", []))
         start_step = int(state["extra"]["train"]["step"])
         elapsed_before = float(state["extra"]["train"].get("elapsed_s", 0.0))
+        if info.is_main:
+            logger.info(f"resuming {opts.resume} at step {start_step} of {opts.steps}")
     else:
         seed_everything(opts.seed)
         if opts.init:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlvos.errors import InputError
-from mlvos.fileio import atomic_write_bytes
+from mlvos.fileio import atomic_write_bytes, file_lock
 from mlvos.runtime.backends import cuda_mem
 from mlvos.runtime.backends.trt.cache import (
     ENGINE_DIR,
@@ -38,6 +38,10 @@ from mlvos.runtime.spec import Graph, Precision
 
 # Named `log`, not `logger`: test_trt_api reads a `logger` as a TensorRT ILogger.
 log = logging.getLogger(__name__)
+
+# How long a build waits for another process building the same engine (large graphs take many
+# minutes on a Jetson); it then reuses that engine.
+BUILD_LOCK_TIMEOUT_S = 3600.0
 
 
 # ------------------------------------------------------------------------------------ options
@@ -356,8 +360,26 @@ def build_serialized(
     return bytes(memoryview(serialized))
 
 
-def _build(plan: BuildPlan, planned: EnginePlan, options: BuildOptions) -> EngineRecord:
-    """Build the `planned` engine and write it and its metadata (atomically) to the cache."""
+def _build(
+    plan: BuildPlan, planned: EnginePlan, options: BuildOptions, *, reuse: bool = False
+) -> EngineRecord:
+    """Build the `planned` engine and write it and its metadata (atomically) to the cache,
+    holding the engine's lock: processes building one engine take turns. With `reuse`, an
+    engine that became valid while this one waited (another process built it) is taken as is.
+
+    Raises:
+        BusyError: another process held the engine's lock for BUILD_LOCK_TIMEOUT_S seconds.
+    """
+    what = f"the engine {planned.path}"
+    with file_lock(planned.path, timeout=BUILD_LOCK_TIMEOUT_S, what=what):
+        if reuse and not check_cached(planned.path, planned.key):
+            log.info(f"  {planned.path.name}: built by another process meanwhile; reusing it")
+            meta = read_metadata(planned.meta_path) or {}
+            return EngineRecord(planned.graph, planned.path, meta, False)
+        return _build_locked(plan, planned, options)
+
+
+def _build_locked(plan: BuildPlan, planned: EnginePlan, options: BuildOptions) -> EngineRecord:
     recipe, precision = plan.recipe, planned.key["precision"]
     log.info(
         f"building {planned.path} (TensorRT {plan.target.tensorrt}, {precision} from the "
@@ -425,6 +447,7 @@ def ensure_engines(
 
     Raises:
         EngineCacheError: an engine is unusable and `allow_build` is False.
+        BusyError: another process kept building one of the engines for BUILD_LOCK_TIMEOUT_S.
     """
     options = BuildOptions.merged(options, overrides, "ensure_engines")
     plan = plan_engines(manifest, precision, options)
@@ -442,7 +465,7 @@ def ensure_engines(
                 f"{manifest.root} --precision {precision}` (or allow building)"
             )
         log.info(f"{g}: (re)building because " + "; ".join(reasons))
-        records[g] = _build(plan, planned, options)
+        records[g] = _build(plan, planned, options, reuse=not rebuild)
     return records
 
 

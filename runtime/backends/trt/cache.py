@@ -154,7 +154,11 @@ def check_cached(engine_path: Path, expected: dict[str, Any]) -> list[str]:
 def write_engine(
     engine_path: Path, key: dict[str, Any], data: bytes, build_seconds: float
 ) -> dict[str, Any]:
-    """Write a serialized engine and then its metadata (each atomically); return the metadata."""
+    """Write a serialized engine and then its metadata (each atomically); return the metadata.
+
+    In that order: a write killed in between leaves the previous metadata (or none), which the
+    new engine does not match, so check_cached asks for a rebuild.
+    """
     atomic_write_bytes(engine_path, data)
     meta = {
         "format": ENGINE_FORMAT,
@@ -165,7 +169,11 @@ def write_engine(
         "build_seconds": round(build_seconds, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_write_text(metadata_path(engine_path), json.dumps(meta, indent=2) + "\n")
+    try:
+        atomic_write_text(metadata_path(engine_path), json.dumps(meta, indent=2) + "\n")
+    except Exception:
+        engine_path.unlink(missing_ok=True)  # no engine without its metadata (disk full, ...)
+        raise
     return meta
 
 
