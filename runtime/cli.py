@@ -1,6 +1,5 @@
 """The runtime package's subcommands: `mlvos engine` builds (or checks) the TensorRT engines of an
-export directory; `mlvos run` propagates a first-frame mask through a video with a deployed
-backend.
+export directory; `mlvos run` propagates annotated masks through a video with a deployed backend.
 
 Only argparse and light constants are imported here; the backends (onnxruntime, TensorRT, torch)
 load inside the commands, so `mlvos run --help` and `mlvos engine --help` are instant.
@@ -124,9 +123,13 @@ def main_engine(args: argparse.Namespace) -> int:
 def register_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
-        help="segment a video (frames folder or video file) from its first-frame mask",
-        description="Writes one DAVIS palette PNG per frame (each atomically) and prints a "
-        "summary with FPS and milliseconds per stage.",
+        help="segment a video (frames folder or video file) from its annotated masks",
+        description="Writes one DAVIS palette PNG per processed frame (each atomically), named "
+        "like the frame (a video's frames are 00000, 00001, ...), and prints a summary with FPS "
+        "and milliseconds per stage. --out is a run folder: its record (.mlvos-run.json) says "
+        "which run wrote the masks and whether it finished; a rerun into it (after a kill, or "
+        "with other settings) says what it found, deletes the earlier run's masks and starts "
+        "over from the first frame (the memory bank cannot be restored from masks).",
     )
     p.add_argument(
         "--model", required=True, help="export directory (or a checkpoint for --backend torch)"
@@ -138,9 +141,20 @@ def register_run(sub: argparse._SubParsersAction) -> None:
         help="a DAVIS-layout dataset (JPEGImages/480p, Annotations/480p, ImageSets/2017): every "
         "sequence of --split from its first annotated frame; --out receives <seq>/<frame>.png "
         "for `mlvos eval` (replaced as a whole, atomically)")
-    p.add_argument("--mask", help="first-frame mask of --input (palette or grayscale PNG)")
+    p.add_argument(
+        "--mask", help="the first processed frame's mask of --input (palette or grayscale PNG "
+        "of object ids)")
+    p.add_argument(
+        "--masks", metavar="DIR",
+        help="instead of --mask: a folder of annotations at any frames, each named like its "
+        "frame (00040.png, or <frame-name>.png for a frames folder); the first processed frame "
+        "needs one. Each id an annotation holds is ground truth there: a new id joins the "
+        "tracked objects at that frame, a tracked id is re-anchored (exactly its mask, so a "
+        "prediction that had spread is cut back); ids it does not hold go on as predicted "
+        "outside its labelled pixels (an all-background annotation changes nothing)")
     p.add_argument("--split", default="val", help="split of --data (val)")
-    p.add_argument("--out", required=True, help="output folder for the PNG masks")
+    p.add_argument("--out", required=True,
+                   help="output folder for the PNG masks (with --input: a run folder, above)")
     p.add_argument("--backend", choices=BACKENDS, default="ort")
     p.add_argument(
         "--precision", default=None, choices=ENGINE_PRECISIONS,
@@ -159,6 +173,10 @@ def register_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-side", type=int, default=None, help="internal max frame side (e.g. 1080)")
     p.add_argument("--mem-every", type=int, default=None, help="keep every N-th frame in memory")
+    p.add_argument("--prev-every", type=int, default=1, metavar="N",
+                   help="refresh the previous-frame memory slot every N-th frame only (1 = every "
+                   "frame, STM's schedule; 2 runs the memory encoder on about half the frames; "
+                   "README, Memory schedule)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="internal scale: the network sees the frame x SCALE (then capped by "
                    "--max-side); above 1 it follows small objects and boundaries better at "
@@ -169,7 +187,10 @@ def register_run(sub: argparse._SubParsersAction) -> None:
         "SCALE x its previous box's longer side around that box (0 = off, the default)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (ort)")
-    p.add_argument("--overlay", default=None, help="also write an overlay video (.mp4)")
+    p.add_argument(
+        "--overlay", default=None, metavar="PATH",
+        help="also write an overlay video: H.264 (browsers play it) in .mp4, .mov or .mkv, "
+        "written through PyAV (in the runtime extras), atomically")
     p.add_argument(
         "--contact-sheet", default=None, metavar="PATH",
         help="also write one image (.jpg or .png) with the overlays of --sheet-frames in a grid, "
@@ -181,8 +202,13 @@ def register_run(sub: argparse._SubParsersAction) -> None:
         "spaced frames from the first to the last processed)",
     )
     p.add_argument(
+        "--start", type=_nonnegative_int, default=0, metavar="N",
+        help="first frame to process (0-based; default 0); its mask is --mask, or an "
+        "annotation in --masks",
+    )
+    p.add_argument(
         "--frames", type=_positive_int, default=None, metavar="N",
-        help="process only the first N frames",
+        help="process N frames from --start (default: to the end)",
     )
     p.set_defaults(func=main_run)
 
@@ -207,6 +233,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text}")
+    return value
+
+
 def _frame_list(text: str) -> list[int]:
     try:
         frames = [int(part) for part in text.split(",") if part.strip()]
@@ -219,72 +252,113 @@ def _frame_list(text: str) -> list[int]:
 
 
 def main_run(args: argparse.Namespace) -> int:
-    import itertools
+    import functools
     import time
     from pathlib import Path
 
     import numpy as np
 
     from mlvos.errors import InputError, require
+    from mlvos.fileio import file_lock
     from mlvos.runtime.backends import DEFAULT_PRECISION
     from mlvos.runtime.predictor import VideoPredictor
-    from mlvos.runtime.spec import DEFAULT_MEM_EVERY, TIMED_STAGES
+    from mlvos.runtime.run_folder import RunFolder
+    from mlvos.runtime.spec import DEFAULT_MEM_EVERY, MAX_OBJECT_ID, TIMED_STAGES, parse_device
     from mlvos.runtime.video_io import ContactSheet, FrameSource, OverlayWriter, draw_overlay
 
     args.precision = args.precision or DEFAULT_PRECISION[args.backend]
     palette_io = require("mlvos.palette", "ort", "reading/writing palette PNGs")
-    tqdm = require("tqdm", "ort", "progress bars").tqdm
+    # bars on a terminal only (disable=None): in a pipe or a log they would be lines of noise
+    tqdm = functools.partial(require("tqdm", "ort", "progress bars").tqdm, disable=None)
     if args.data:
-        for flag in ("mask", "overlay", "contact_sheet", "sheet_frames", "frames"):
+        for flag in ("mask", "masks", "overlay", "contact_sheet", "sheet_frames", "frames"):
             if getattr(args, flag) is not None:
                 raise InputError(f"--{flag.replace('_', '-')} is for --input (one video); with "
                                  "--data every sequence starts from its first annotation")
+        if args.start:
+            raise InputError("--start is for --input (one video); with --data every sequence "
+                             "starts from its first annotation")
         return _run_dataset(args, palette_io, tqdm)
-    if not args.mask:
-        raise InputError("--input needs --mask FIRST.png (the first frame's object ids)")
-    source = FrameSource(args.input)
-    mask = palette_io.read_mask(args.mask)
-    total_frames = min(len(source), args.frames or len(source))
+    if args.mask and args.masks:
+        raise InputError("--mask and --masks given together: use --mask FILE for the first "
+                         "processed frame's mask, or --masks DIR for annotations at any frames")
+    if not (args.mask or args.masks):
+        raise InputError("--input needs --mask FIRST.png (the first frame's object ids) or "
+                         "--masks DIR (annotations named like their frames)")
+    # Everything that can be checked is checked before anything is written: a bad device,
+    # input, range, annotation or overlay path leaves no output folder and no overlay.
+    parse_device(args.device)
+    source = FrameSource(args.input, progress=tqdm)
+    if args.start >= len(source):
+        raise InputError(f"--start {args.start} is past the last frame of {args.input}: it has "
+                         f"{len(source)} frames (0..{len(source) - 1}); pick a smaller --start")
+    start = args.start
+    count = min(len(source) - start, args.frames or len(source))
+    names = source.names[start:start + count]
+    annotations = _annotations(args, source, names, palette_io, tqdm)
     sheet = None
     if args.contact_sheet:
+        last = start + count - 1
         sheet_frames = args.sheet_frames or sorted(
-            {round(float(x)) for x in np.linspace(0, max(total_frames - 1, 0), 5)})
-        late = [i for i in sheet_frames if i >= total_frames]
+            {round(float(x)) for x in np.linspace(start, last, 5)})
+        early = [i for i in sheet_frames if i < start]
+        if early:
+            raise InputError(f"--sheet-frames {early} are before --start {start}; pick frames "
+                             f"in {start}..{last}")
+        late = [i for i in sheet_frames if i > last]
         if late:
             raise InputError(
-                f"--sheet-frames {late} are past the last frame to process ({total_frames - 1}: "
+                f"--sheet-frames {late} are past the last frame to process ({last}: "
                 f"{len(source)} frames in {args.input}"
                 + (f", --frames {args.frames}" if args.frames else "") + "); pick smaller ones")
         sheet = ContactSheet(args.contact_sheet, sheet_frames)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     overlay = OverlayWriter(args.overlay, getattr(source, "fps", 25.0)) if args.overlay else None
+    out = Path(args.out)
     palette = palette_io.davis_palette()
-    ok = False
     t0 = time.perf_counter()
     n = 0
+    ok = False
     try:
         with _open(args, [source.size] if args.backend == "trt" else []) as runner:
             pred = VideoPredictor(
                 runner,
                 mem_every=args.mem_every or DEFAULT_MEM_EVERY,
+                prev_every=args.prev_every,
                 max_side=args.max_side,
                 scale=args.scale,
                 profile=True,
                 locality=args.locality,
             )
-            pred.add_mask(0, mask)
-            frames = itertools.islice(zip(source.names, source), total_frames)
-            for i, (name, frame) in enumerate(tqdm(frames, total=total_frames, unit="frame")):
-                labels = pred.step(frame)
-                palette_io.write_mask(out / f"{name}.png", labels)
-                if overlay or (sheet and sheet.wants(i)):
-                    image = draw_overlay(frame, labels, palette)
-                    if overlay:
-                        overlay.write_image(image)
-                    if sheet and sheet.wants(i):
-                        sheet.add(i, image)
-                n += 1
+            objects = sorted({i for _, ids in annotations.values() for i in ids})
+            limit = min(getattr(runner, "max_objects", MAX_OBJECT_ID), MAX_OBJECT_ID)
+            if len(objects) > limit:
+                raise InputError(
+                    f"the annotations hold {len(objects)} objects ({objects}) but this "
+                    f"{args.backend} model takes at most {limit}; rebuild the engine with a "
+                    "larger --max-objects or annotate fewer objects")
+            # a second `mlvos run` into the same --out fails at once (BusyError, naming this one)
+            with file_lock(out, what=f"the run folder {out}"):
+                folder = RunFolder(out)
+                folder.begin(_fingerprint(args, source, names, annotations), names)
+                try:
+                    frames = source.read(start, count)
+                    for i, (name, frame) in enumerate(tqdm(frames, total=count, unit="frame")):
+                        if i in annotations:
+                            pred.add_mask(i, palette_io.read_mask(annotations[i][0]))
+                        labels = pred.step(frame)
+                        palette_io.write_mask(out / f"{name}.png", labels)
+                        index = start + i
+                        if overlay or (sheet and sheet.wants(index)):
+                            image = draw_overlay(frame, labels, palette)
+                            if overlay:
+                                overlay.write_image(image)
+                            if sheet and sheet.wants(index):
+                                sheet.add(index, image)
+                        n += 1
+                except BaseException as e:
+                    folder.fail(n, str(e) or type(e).__name__)
+                    raise
+                folder.finish()
         ok = True
     finally:
         if overlay:
@@ -301,6 +375,8 @@ def main_run(args: argparse.Namespace) -> int:
                     for s in TIMED_STAGES)
     )
     print(f"masks written to {out}")
+    if overlay:
+        print(f"overlay video (H.264, {overlay.frames} frames) written to {overlay.path}")
     if sheet:
         if sheet.missing:
             print(f"warning: the video ended before frame(s) {sheet.missing} (its header said "
@@ -308,6 +384,121 @@ def main_run(args: argparse.Namespace) -> int:
         print(f"contact sheet of frames {[i for i in sheet.frames if i in sheet.tiles]} "
               f"written to {sheet.save()}")
     return 0
+
+
+def _annotations(args: argparse.Namespace, source, names: list[str], palette_io,
+                 tqdm) -> dict[int, tuple[str, list[int]]]:
+    """The masks to give the predictor, checked before anything runs: {index among the processed
+    frames: (PNG path, its object ids)}. Annotations without any object are dropped (they give
+    no ground truth), except that the first processed frame must have objects.
+
+    Raises:
+        InputError / DatasetError: no annotation of the first processed frame, none matching a
+            processed frame, a mask of another size than the frames, an unreadable mask.
+    """
+    from pathlib import Path
+
+    import numpy as np
+
+    from mlvos.errors import InputError
+
+    if args.mask:
+        found = {0: Path(args.mask)}
+    else:
+        folder = Path(args.masks)
+        if not folder.is_dir():
+            raise InputError(f"--masks {folder} is not a folder; give a folder of PNG "
+                             "annotations named like their frames (or --mask FILE)")
+        pngs = {p.stem: p for p in folder.iterdir() if p.suffix.lower() == ".png"}
+        index = {name: i for i, name in enumerate(names)}
+        found = {index[stem]: p for stem, p in pngs.items() if stem in index}
+        span = f"{names[0]}..{names[-1]}" if len(names) > 1 else names[0]
+        if not found:
+            example = f" (e.g. {min(pngs)}.png)" if pngs else ""
+            raise InputError(
+                f"--masks {folder}: none of its {len(pngs)} PNG files{example} is named like a "
+                f"processed frame ({span}); name each annotation after its frame, e.g. "
+                f"{names[0]}.png")
+        if 0 not in found:
+            first = min(found)
+            raise InputError(
+                f"--masks {folder} has no annotation of the first processed frame {names[0]} "
+                f"(the first one is {names[first]}.png): add {names[0]}.png or start there "
+                f"with --start {args.start + first}")
+        ignored = len(pngs) - len(found)
+        if ignored:
+            print(f"--masks: {ignored} PNG file(s) in {folder} name no processed frame "
+                  f"({span}); ignored")
+    height, width = source.size
+    result: dict[int, tuple[str, list[int]]] = {}
+    items = sorted(found.items())
+    bar = tqdm(items, desc="checking annotations", unit="mask", leave=False,
+               disable=True if len(items) < 20 else None)
+    for i, path in bar:
+        w, h = palette_io.mask_header(path)
+        if (h, w) != (height, width):
+            raise InputError(f"mask {path} is {h}x{w} but the frames are {height}x{width}; "
+                             "annotations must have their frames' size")
+        ids = [int(v) for v in np.unique(palette_io.read_mask(path)) if v]
+        if ids:
+            result[i] = (str(path), ids)
+        elif i == 0:
+            raise InputError(f"mask {path} of the first processed frame {names[0]} holds no "
+                             "object (all pixels are 0); annotate at least one object there")
+    if len(result) > 1:
+        seen: set[int] = set()
+        joins = []
+        for i, (_, ids) in sorted(result.items()):
+            new = [k for k in ids if k not in seen]
+            if seen and new:
+                joins.append(f"{new} at {names[i]}")
+            seen.update(ids)
+        print(f"--masks: {len(result)} annotated frames from {names[0]}"
+              + (f"; objects joining later: {', '.join(joins)}" if joins else ""))
+    return result
+
+
+def _fingerprint(args: argparse.Namespace, source, names: list[str],
+                 annotations: dict[int, tuple[str, list[int]]]) -> dict:
+    """What decides the masks of a run, for its run record (JSON values): the input and model
+    (path, size and modification time; the export's manifest by hash), backend, precision,
+    device, options and the annotations by hash. A rerun compares it to say what changed."""
+    import hashlib
+    from pathlib import Path
+
+    from mlvos.fileio import sha256_file
+    from mlvos.runtime.spec import DEFAULT_MEM_EVERY, parse_device
+
+    def stat(path: Path) -> list:
+        st = path.stat()
+        return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+    if source.files is not None:
+        listing = hashlib.sha256()
+        for path in source.files:
+            listing.update(f"{path.name} {path.stat().st_size} {path.stat().st_mtime_ns}\n"
+                           .encode())
+        inputs = [str(source.path.resolve()), len(source), listing.hexdigest()]
+    else:
+        inputs = stat(source.path)
+    model = Path(args.model)
+    manifest = model / "manifest.json"
+    kind, index = parse_device(args.device)
+    # keys are what the user changes, so that "changed: --scale, input" reads as the cause
+    return {
+        "input": inputs,
+        "frames (--start, --frames)": [names[0], names[-1], len(names)],
+        "annotations": {names[i]: sha256_file(path) for i, (path, _) in annotations.items()},
+        "--model": sha256_file(manifest) if manifest.is_file() else stat(model),
+        "--backend": args.backend,
+        "--precision": args.precision,
+        "--device": "cpu" if kind == "cpu" else f"cuda:{index}",
+        "--mem-every": args.mem_every or DEFAULT_MEM_EVERY,
+        "--prev-every": args.prev_every,
+        "--max-side": args.max_side,
+        "--scale": args.scale,
+        "--locality": args.locality,
+    }
 
 
 def _open(args: argparse.Namespace, sizes: list[tuple[int, int]]):
@@ -349,8 +540,8 @@ def _run_dataset(args: argparse.Namespace, palette_io, tqdm) -> int:
             tqdm(total=total, unit="frame") as bar:
         for seq in dataset:
             pred = VideoPredictor(runner, mem_every=args.mem_every or DEFAULT_MEM_EVERY,
-                                  max_side=args.max_side, scale=args.scale, profile=True,
-                                  locality=args.locality)
+                                  prev_every=args.prev_every, max_side=args.max_side,
+                                  scale=args.scale, profile=True, locality=args.locality)
             pred.add_mask(0, seq.first_mask())
             for i in range(len(seq)):
                 palette_io.write_mask(tmp / seq.name / f"{seq.frames[i].stem}.png",
