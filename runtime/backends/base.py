@@ -7,10 +7,88 @@ and back.
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from mlvos.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# NVTX ranges around the graph calls, for Nsight Systems: unset = on for CUDA devices when an NVTX
+# provider imports; "1" = on for any device (the CPU included: tests, CPU timelines); "0" = off.
+NVTX_ENV = "MLVOS_NVTX"
+
+
+class NvtxRanges(NamedTuple):
+    """An NVTX provider's push(message) and pop() (ranges nest per thread)."""
+
+    push: Callable[[str], Any]
+    pop: Callable[[], Any]
+
+
+def nvtx_ranges(*, cuda: bool, fallback: Callable[[], NvtxRanges] | None = None):
+    """The NVTX provider a runner marks its graph calls with (see nvtx_stage), or None for none.
+
+    Providers, imported here (when a runner is made), never at import time: the `nvtx` package
+    (`pip install nvtx`), else `fallback()` on CUDA (the torch backend's torch.cuda.nvtx).
+
+    Args:
+        cuda: the runner's device is a CUDA device.
+        fallback: returns the backend's own provider; called only when `cuda` is true.
+
+    Raises:
+        InputError: MLVOS_NVTX is set to something other than 0 or 1.
+    """
+    flag = os.environ.get(NVTX_ENV, "").strip()
+    if flag not in ("", "0", "1"):
+        raise InputError(
+            f"{NVTX_ENV}={flag!r}: set it to 1 (NVTX ranges on any device), 0 (off) or unset it "
+            "(on for CUDA devices when the nvtx package is installed)"
+        )
+    if flag == "0" or (not flag and not cuda):
+        return None
+    try:
+        import nvtx
+    except ImportError:
+        nvtx = None
+    if nvtx is not None:
+        return NvtxRanges(nvtx.push_range, nvtx.pop_range)
+    if cuda and fallback is not None:
+        return fallback()
+    if flag == "1":
+        log.warning("%s=1 but no NVTX provider imports: pip install nvtx", NVTX_ENV)
+    return None
+
+
+def nvtx_stage(graph: str):
+    """Decorate a runner's graph method: while the runner's `nvtx` (nvtx_ranges()) is set, each
+    call runs inside an NVTX range named `graph` (runtime.spec.Graph: query_encoder, ...).
+
+    The range covers the host side of the stage (binding, launch, and the wait where the backend
+    waits); Nsight Systems projects it onto the GPU work launched inside it.
+    """
+
+    def wrap(method):
+        @functools.wraps(method)
+        def ranged(self, *args, **kwargs):
+            ranges = getattr(self, "nvtx", None)
+            if ranges is None:
+                return method(self, *args, **kwargs)
+            ranges.push(graph)
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                ranges.pop()
+
+        return ranged
+
+    return wrap
 
 
 class Runner(ABC):
@@ -23,6 +101,7 @@ class Runner(ABC):
     name: str = "base"
     stride: int
     capacity: int
+    nvtx: NvtxRanges | None = None  # set by runners on CUDA devices (see nvtx_ranges)
 
     def __enter__(self) -> Runner:
         self.open()

@@ -15,8 +15,11 @@ import pytest
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
 MLVOS_ALLOWED = ("mlvos.runtime", "mlvos.errors", "mlvos.fileio", "mlvos.palette")
-# numpy, the backends' libraries (onnxruntime, TensorRT, cuda-python), image/video IO and tqdm.
-THIRD_PARTY_ALLOWED = {"numpy", "onnxruntime", "tensorrt", "cuda", "PIL", "cv2", "tqdm"}
+# numpy, the backends' libraries (onnxruntime, TensorRT, cuda-python; nvtx for optional Nsight
+# ranges), image/video IO (Pillow, OpenCV, PyAV for the H.264 overlay) and tqdm.
+THIRD_PARTY_ALLOWED = {
+    "numpy", "onnxruntime", "tensorrt", "cuda", "nvtx", "PIL", "cv2", "av", "tqdm"
+}
 # file (relative to runtime/) -> extra imports it may make, and why.
 EXCEPTIONS: dict[str, set[str]] = {
     # The PyTorch reference backend: torch and the model are what it runs.
