@@ -136,9 +136,10 @@ def valid_affinity_absmax(feeds: list[dict[str, np.ndarray]]) -> float:
         ck = q.shape[0]
         q = q.reshape(ck, -1).T.astype(np.float32) / math.sqrt(ck)  # (hw, Ck)
         keys, valid = feed[T.BANK_KEY], feed[T.BANK_VALID]
-        for o in range(keys.shape[0]):
+        for o in range(valid.shape[0]):
             for t in np.flatnonzero(valid[o] > 0.5):
-                k = keys[o, t].reshape(ck, -1).astype(np.float32)  # (Ck, hw)
+                # an object-free key bank (1, T, ...) serves every object
+                k = keys[min(o, keys.shape[0] - 1), t].reshape(ck, -1).astype(np.float32)
                 worst = max(worst, float(np.abs(q @ k).max()))
     return worst
 

@@ -32,10 +32,14 @@ def graph_io(
     Args:
         size: static padded (H, W), or None for dynamic H and W.
         shared_key: the model's memory keys are its query keys (ModelConfig.shared_key): the
-            memory_encoder takes the frame's query_key as a third input.
+            memory_encoder takes the frame's query_key as a third input and returns it as
+            mem_key (1, Ck, h, w); bank_key is object-free, (1, T, Ck, h, w).
     """
     h, w = size if size is not None else ("H", "W")
     o = "O"
+    # A shared-key model's bank stores each frame's key once for all objects (object-free key
+    # bank: one affinity per frame in read_decoder); STM's keys depend on the object.
+    key_rows: Dim = 1 if shared_key else o
     f16 = (_frac(h, 16), _frac(w, 16))
 
     def spec(name: str, dtype: str, *shape: Dim) -> TensorSpec:
@@ -53,12 +57,12 @@ def graph_io(
     if graph == Graph.MEMORY_ENCODER:
         key_in = [query[0]] if shared_key else []
         return [frame, spec(T.PROBS, "float32", o, h, w), *key_in], [
-            spec(T.MEM_KEY, "float32", o, key_dim, *f16),
+            spec(T.MEM_KEY, "float32", key_rows, key_dim, *f16),
             spec(T.MEM_VALUE, "float32", o, value_dim, *f16),
         ]
     if graph == Graph.READ_DECODER:
         bank = [
-            spec(T.BANK_KEY, "float32", o, capacity, key_dim, *f16),
+            spec(T.BANK_KEY, "float32", key_rows, capacity, key_dim, *f16),
             spec(T.BANK_VALUE, "float32", o, capacity, value_dim, *f16),
             spec(T.BANK_VALID, "float32", o, capacity),
         ]

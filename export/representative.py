@@ -122,7 +122,10 @@ def random_samples(
             T.QUERY_VALUE: normal(1, cfg.value_dim, h, w),
             T.SKIP8: normal(1, c8, 2 * h, 2 * w),
             T.SKIP4: normal(1, c4, 4 * h, 4 * w),
-            T.BANK_KEY: normal(objects, capacity, cfg.key_dim, h, w) * mask,
+            # object-free for shared keys: filled where any object's slot is
+            T.BANK_KEY: (normal(1, capacity, cfg.key_dim, h, w) * mask.max(0, keepdims=True)
+                         if cfg.shared_key else normal(objects, capacity, cfg.key_dim, h, w)
+                         * mask),
             T.BANK_VALUE: normal(objects, capacity, cfg.value_dim, h, w) * mask,
             T.BANK_VALID: valid,
         },

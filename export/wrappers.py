@@ -40,8 +40,8 @@ class MemoryEncoderGraph(nn.Module):
     mem_value (O, Cv, h, w) with h, w = H/16, W/16; objects on the batch axis.
 
     A shared-key model (config.shared_key) takes a third input, query_key (1, Ck, h, w): the
-    query encoder's key of the same frame, which becomes every object's mem_key, so the graph
-    does not run the query backbone again.
+    query encoder's key of the same frame, which is its mem_key (1, Ck, h, w), stored once for
+    all objects (an object-free key bank), so the graph does not run the query backbone again.
     """
 
     name = Graph.MEMORY_ENCODER
@@ -70,8 +70,9 @@ class ReadDecoderGraph(nn.Module):
     """Memory read over a fixed-capacity bank + decoder + soft aggregation.
 
     Inputs: query_key (1, Ck, h, w), query_value (1, Cv, h, w), skip8 (1, C8, 2h, 2w),
-    skip4 (1, C4, 4h, 4w), bank_key (O, T, Ck, h, w), bank_value (O, T, Cv, h, w), bank_valid
-    (O, T) float32 (1 = filled slot; empty slots get exactly zero softmax weight).
+    skip4 (1, C4, 4h, 4w), bank_key (O, T, Ck, h, w) or, for a shared-key model, (1, T, Ck, h,
+    w) (one affinity per frame for all objects), bank_value (O, T, Cv, h, w), bank_valid (O, T)
+    float32 (1 = filled slot; empty slots get exactly zero softmax weight).
     Outputs: logits (O, H, W) float32, obj_probs (O, H, W) float32, labels (H, W) uint8 (argmax
     slot, 0 = background).
     """

@@ -12,6 +12,13 @@ from mlvos.model.multilevel import upsample2x
 from mlvos.runtime.spec import AGG_EPS
 
 
+def per_object(x: torch.Tensor, objects: int) -> torch.Tensor:
+    """Query features of batch 1 (inference: broadcast as is) or B (training: B frames of
+    objects // B objects each, objects of a frame contiguous) -> broadcastable over `objects`."""
+    b = x.shape[0]
+    return x if b in (1, objects) else x.repeat_interleave(objects // b, dim=0)
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block: x + conv(relu(conv(relu(x))))."""
 
@@ -36,8 +43,10 @@ class Refine(nn.Module):
         self.ResMM = ResBlock(dim)
 
     def forward(self, skip: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """skip (1, B or O, C, 2h, 2w) (the query's: object-independent, so computed once per
+        frame and broadcast, see per_object), coarse (O, dim, h, w) -> (O, dim, 2h, 2w)."""
         s = self.ResFS(self.convFS(skip))
-        return self.ResMM(s + upsample2x(coarse))
+        return self.ResMM(per_object(s, coarse.shape[0]) + upsample2x(coarse))
 
 
 class Decoder(nn.Module):
@@ -52,9 +61,24 @@ class Decoder(nn.Module):
         # One logit (STCN-style) instead of STM's two: softmax over two logits is sigmoid(l1 - l0).
         self.pred = nn.Conv2d(dim, 1, 3, 1, 1)
 
-    def forward(self, x: torch.Tensor, skip8: torch.Tensor, skip4: torch.Tensor) -> torch.Tensor:
-        """x (O, in_dim, h, w), skip8 (O, ., 2h, 2w), skip4 (O, ., 4h, 4w) -> (O, 16h, 16w)."""
-        m = self.ResMM(self.convFM(x))
+    def forward(self, readout: torch.Tensor, value: torch.Tensor, skip8: torch.Tensor,
+                skip4: torch.Tensor) -> torch.Tensor:
+        """readout (O, Cv, h, w) ++ the query value (1, B or O, Cv, h, w), skip8 (same batch, .,
+        2h, 2w), skip4 (same batch, ., 4h, 4w) -> (O, 16h, 16w) foreground logits (B: training
+        frames of O // B objects each).
+
+        Query features with batch 1 are shared by every object: their convolutions run once and
+        broadcast over O (convFM's input is a concatenation, so its convolution splits into a
+        readout part per object and a value part once), so no full-resolution work is repeated
+        per object except what depends on the object."""
+        if value.shape[0] == readout.shape[0]:
+            x = self.convFM(torch.cat([readout, value], dim=1))
+        else:
+            cv = readout.shape[1]
+            w, b = self.convFM.weight, self.convFM.bias
+            x = F.conv2d(readout, w[:, :cv], None, padding=1) + per_object(
+                F.conv2d(value, w[:, cv:], b, padding=1), readout.shape[0])
+        m = self.ResMM(x)
         m = self.RF3(skip8, m)
         m = self.RF2(skip4, m)
         p = self.pred(F.relu(m))

@@ -20,12 +20,19 @@ class StageCost:
     width: int
     query_gmac: float
     memory_gmac: float  # per object
-    read_decode_gmac: float  # per object, full bank
+    read_decode_gmac: float  # per object, full bank (what each further object adds)
     capacity: int
+    # once per frame whatever the object count: the affinity of an object-free key bank and the
+    # decoder's convolutions of the query features (skips, query value)
+    read_shared_gmac: float = 0.0
+
+    def read_gmac(self, objects: int) -> float:
+        """GMACs of read_decoder for `objects` objects over the full bank."""
+        return self.read_shared_gmac + objects * self.read_decode_gmac
 
     def per_frame(self, objects: int) -> float:
-        """GMACs of one propagated frame: 1 query + O memory writes + O reads."""
-        return self.query_gmac + objects * (self.memory_gmac + self.read_decode_gmac)
+        """GMACs of one propagated frame: 1 query + O memory writes + the read of O objects."""
+        return self.query_gmac + objects * self.memory_gmac + self.read_gmac(objects)
 
 
 def _gmacs(fn) -> float:
@@ -47,8 +54,14 @@ def stage_costs(variant: str, height: int = 480, width: int = 864, capacity: int
         query = _gmacs(lambda: model.encode_query(frame))
         # a shared-key model's memory stage takes the query key instead of recomputing it
         memory = _gmacs(lambda: model.encode_memory(frame, torch.empty(1, h, w), q.key))
-        bk = torch.empty(1, capacity, ck, h // FEATURE_STRIDE, w // FEATURE_STRIDE)
-        bv = torch.empty(1, capacity, cv, h // FEATURE_STRIDE, w // FEATURE_STRIDE)
-        valid = torch.ones(1, capacity)
-        read = _gmacs(lambda: model.read_decode(q, bk, bv, valid))
-    return StageCost(variant, params, model.stride, h, w, query, memory, read, capacity)
+        hf, wf = h // FEATURE_STRIDE, w // FEATURE_STRIDE
+
+        def read(objects: int) -> float:
+            bk = torch.empty(1 if model.config.shared_key else objects, capacity, ck, hf, wf)
+            bv = torch.empty(objects, capacity, cv, hf, wf)
+            valid = torch.ones(objects, capacity)
+            return _gmacs(lambda: model.read_decode(q, bk, bv, valid))
+
+        one, two = read(1), read(2)
+    return StageCost(variant, params, model.stride, h, w, query, memory, two - one, capacity,
+                     read_shared_gmac=2 * one - two)

@@ -35,7 +35,8 @@ def memory_read(
     read with a prior is not fusable; the MatMul -> Softmax -> MatMul stays dense either way.
 
     Args:
-        query_key: (O, Ck, h, w) float (one query key per object; expand a shared one).
+        query_key: (O, Ck, h, w) float, one query key per object; or (1, Ck, h, w) with an
+            object-free bank_key (1, T, Ck, h, w): shared_memory_read.
         bank_key: (O, T, Ck, h, w) float, memory keys; empty slots must be finite (zeros).
         bank_value: (O, T, Cv, h, w) float.
         bank_valid: (O, T) float, 1.0 for filled slots, 0.0 for empty ones; at least one per
@@ -51,6 +52,10 @@ def memory_read(
     Returns:
         (O, Cv, h, w) memory readout. Empty slots get exactly zero weight.
     """
+    if bank_key.shape[0] == 1 and query_key.shape[0] == 1:
+        # an object-free key bank (shared keys): one affinity for all objects
+        return shared_memory_read(query_key, bank_key, bank_value, bank_valid, similarity,
+                                  topk=topk, kernel=kernel)
     o, t, ck, h, w = bank_key.shape
     cv = bank_value.shape[2]
     scale = (2.0 if similarity == "l2" else 1.0) / math.sqrt(ck)
@@ -61,24 +66,93 @@ def memory_read(
     bias = bias.unsqueeze(-1).expand(o, t, h * w).reshape(o, 1, t * h * w)
     if similarity == "l2":
         bias = bias - (k * k).sum(-1).unsqueeze(1) * (1.0 / math.sqrt(ck))
-    if not (topk or kernel):
-        attn = torch.softmax(torch.matmul(q, k.transpose(1, 2)) + bias, dim=-1)  # (O, hw, Thw)
-    else:
-        scores = torch.matmul(q, k.transpose(1, 2))  # (O, hw, Thw)
-        logits = scores + bias
-        if kernel:
-            affinity = scores
-            if similarity == "l2":
-                # The argmax runs over query positions, so the query-only term -|q|^2 / sqrt(Ck)
-                # that the softmax cancels counts here (-|k|^2 is constant along that axis).
-                q2 = (query_key * query_key).sum(1).flatten(1).unsqueeze(-1)  # (O, hw, 1)
-                affinity = scores - q2 * (1.0 / math.sqrt(ck))
-            logits = logits + kernel_log_prior(affinity, h, w, kernel)
-        if topk:
-            logits = keep_topk(logits, topk)
-        attn = torch.softmax(logits, dim=-1)
+    attn = _attention(q, k, bias, query_key, h, w, similarity, topk, kernel)  # (O, hw, Thw)
     out = torch.matmul(attn, v)  # (O, hw, Cv)
     return out.transpose(1, 2).reshape(o, cv, h, w)
+
+
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, query_key: torch.Tensor, h, w,
+    similarity: str, topk: int, kernel: float,
+) -> torch.Tensor:
+    """softmax(q k^T + bias [+ priors]) over the last axis: q (G, hw, Ck) scaled, k (G, Thw, Ck),
+    bias (G, 1, Thw) -> (G, hw, Thw)."""
+    ck = k.shape[-1]
+    if not (topk or kernel):
+        return torch.softmax(torch.matmul(q, k.transpose(1, 2)) + bias, dim=-1)
+    scores = torch.matmul(q, k.transpose(1, 2))  # (G, hw, Thw)
+    logits = scores + bias
+    if kernel:
+        affinity = scores
+        if similarity == "l2":
+            # The argmax runs over query positions, so the query-only term -|q|^2 / sqrt(Ck)
+            # that the softmax cancels counts here (-|k|^2 is constant along that axis).
+            q2 = (query_key * query_key).sum(1).flatten(1).unsqueeze(-1)  # (G, hw, 1)
+            affinity = scores - q2 * (1.0 / math.sqrt(ck))
+        logits = logits + kernel_log_prior(affinity, h, w, kernel)
+    if topk:
+        logits = keep_topk(logits, topk)
+    return torch.softmax(logits, dim=-1)
+
+
+# Floor of the per-object normalizer of the shared read (the attention an object's own valid
+# slots receive): it only matters when an object's slots get (almost) no weight at all, where
+# it keeps the readout finite (near zero) instead of dividing by zero.
+SHARED_NORM_FLOOR = 1e-12
+
+
+def shared_memory_read(
+    query_key: torch.Tensor,
+    bank_key: torch.Tensor,
+    bank_value: torch.Tensor,
+    bank_valid: torch.Tensor,
+    similarity: str = "l2",
+    *,
+    topk: int = 0,
+    kernel: float = 0.0,
+) -> torch.Tensor:
+    """The read of a shared-key model (STCN) with an object-free key bank: one affinity, one
+    prior and one softmax per frame for all objects, then one batched readout.
+
+    The softmax runs over the slots filled for any object; each object's readout is then
+    renormalized over its own filled slots, which equals a softmax over those slots alone
+    (softmax restricted to a subset S is attn_i / sum_{j in S} attn_j), so an object that joined
+    later reads only the frames stored since. With every object filled in the same slots (the
+    usual case) the normalizer is 1. Top-k ranks over the shared slots: with per-object slots
+    that differ it can keep fewer than k positions for an object.
+
+    Args:
+        query_key: (1, Ck, h, w). bank_key: (1, T, Ck, h, w), empty slots finite (zeros).
+        bank_value: (O, T, Cv, h, w). bank_valid: (O, T) float, 1.0 = filled slot; at least
+            one per object.
+        similarity, topk, kernel: as memory_read.
+
+    Returns:
+        (O, Cv, h, w) memory readout.
+    """
+    _, t, ck, h, w = bank_key.shape
+    o, _, cv = bank_value.shape[:3]
+    scale = (2.0 if similarity == "l2" else 1.0) / math.sqrt(ck)
+    q = (query_key * scale).flatten(2).transpose(1, 2)  # (1, hw, Ck)
+    k = bank_key.permute(0, 1, 3, 4, 2).reshape(1, t * h * w, ck)  # (1, Thw, Ck)
+    any_valid = bank_valid.amax(dim=0, keepdim=True)  # (1, T)
+    bias = ((1.0 - any_valid) * INVALID_SLOT_BIAS).to(q.dtype)
+    bias = bias.unsqueeze(-1).expand(1, t, h * w).reshape(1, 1, t * h * w)
+    if similarity == "l2":
+        bias = bias - (k * k).sum(-1).unsqueeze(1) * (1.0 / math.sqrt(ck))
+    attn = _attention(q, k, bias, query_key, h, w, similarity, topk, kernel)  # (1, hw, Thw)
+    valid = bank_valid.to(bank_value.dtype)  # (O, T)
+    # (1, Thw, O*Cv + O): slot-major rows, the objects' values side by side, then each object's
+    # validity per position (its normalizer), so that one MatMul reads every object and the
+    # softmax keeps a single consumer (the attention pattern TensorRT fuses).
+    v = (bank_value * valid[:, :, None, None, None]).permute(1, 3, 4, 0, 2)
+    v = v.reshape(1, t * h * w, o * cv)
+    per_slot = valid.transpose(0, 1).unsqueeze(1).expand(t, h * w, o).reshape(1, t * h * w, o)
+    both = torch.matmul(attn, torch.cat([v, per_slot], dim=2))[0]  # (hw, O*Cv + O)
+    out = both[:, : o * cv].reshape(h * w, o, cv)
+    norm = both[:, o * cv :].clamp(min=SHARED_NORM_FLOOR)  # (hw, O)
+    out = out / norm.unsqueeze(-1)
+    return out.permute(1, 2, 0).reshape(o, cv, h, w)
 
 
 def kernel_log_prior(

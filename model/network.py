@@ -10,7 +10,7 @@ from torch import nn
 
 from mlvos.errors import InputError
 from mlvos.model.config import ModelConfig
-from mlvos.model.decoder import Decoder, aggregate_outputs, soft_aggregate
+from mlvos.model.decoder import Decoder, aggregate_outputs, per_object, soft_aggregate
 from mlvos.model.encoders import MemoryEncoder, QueryEncoder, QueryFeatures
 from mlvos.model.memory import memory_read
 from mlvos.runtime.spec import FEATURE_STRIDE, MIN_SIDE
@@ -75,7 +75,7 @@ class STMNet(nn.Module):
 
         Returns:
             key (O, Ck, H/16, W/16) and value (O, Cv, H/16, W/16). With shared keys the key is
-            the query encoder's key of `frame`, the same for every object.
+            the query encoder's key of `frame`, once for all objects: (1, Ck, H/16, W/16).
         """
         if _checking():
             self.check_frame(frame)
@@ -88,6 +88,11 @@ class STMNet(nn.Module):
                         f"query_key must be {expected} (the query key of this frame), "
                         f"got {tuple(query_key.shape)}"
                     )
+        if self.config.shared_key:
+            # object-free: the bank stores the frame's key once (see read_decode)
+            _, value = self.memory_encoder(frame, probs.unsqueeze(0))
+            key = query_key if query_key is not None else self.query_encoder.key_only(frame)
+            return key, value
         return self.memory_kv(frame, probs.unsqueeze(0), query_key)
 
     def memory_kv(
@@ -116,8 +121,12 @@ class STMNet(nn.Module):
         """Memory read over a fixed-capacity bank (with the config's read priors), then decoder.
 
         Args:
-            query: QueryFeatures with batch 1 (shared by all objects) or O.
-            bank_key: (O, T, Ck, h, w); bank_value: (O, T, Cv, h, w); empty slots zero-filled.
+            query: QueryFeatures with batch 1 (shared by all objects), O, or B (training: B
+                frames of O // B objects each, objects of a frame contiguous).
+            bank_key: (O, T, Ck, h, w), or (1, T, Ck, h, w) for a shared-key model's
+                object-free bank (one affinity per frame for all objects:
+                memory.shared_memory_read);
+                bank_value: (O, T, Cv, h, w); empty slots zero-filled.
             bank_valid: (O, T) float, 1.0 = filled slot; >= 1 filled slot per object.
 
         Returns:
@@ -125,8 +134,10 @@ class STMNet(nn.Module):
         """
         if _checking():
             self.check_bank(query, bank_key, bank_value, bank_valid)
-        o = bank_key.shape[0]
-        key, value, skip8, skip4 = (t.expand(o, *t.shape[1:]) for t in query)
+        o = bank_value.shape[0]
+        key, value, skip8, skip4 = query
+        if bank_key.shape[0] != 1:
+            key = per_object(key, o).expand(o, *key.shape[1:])  # one affinity per object
         cfg = self.config
         readout = memory_read(
             key,
@@ -137,7 +148,8 @@ class STMNet(nn.Module):
             topk=cfg.read_topk,
             kernel=cfg.read_kernel,
         )
-        return self.decoder(torch.cat([readout, value], dim=1), skip8, skip4)
+        # the decoder runs the object-independent parts (query value, skips) once at batch 1
+        return self.decoder(readout, value, skip8, skip4)
 
     @staticmethod
     def aggregate_outputs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,12 +205,17 @@ class STMNet(nn.Module):
         ck, cv = self.config.key_dim, self.config.value_dim
         if bank_key.dim() != 5 or bank_key.shape[2] != ck:
             raise InputError(f"bank_key must be (O, T, {ck}, h, w), got {tuple(bank_key.shape)}")
-        o, t, _, h, w = bank_key.shape
-        if tuple(bank_value.shape) != (o, t, cv, h, w):
+        _, t, _, h, w = bank_key.shape
+        o = bank_value.shape[0]
+        if tuple(bank_value.shape) != (o, t, cv, h, w) or bank_key.shape[0] not in (1, o):
             raise InputError(
-                f"bank_value must be {(o, t, cv, h, w)} to match bank_key, "
-                f"got {tuple(bank_value.shape)}"
+                f"bank_value must be (O, {t}, {cv}, {h}, {w}) with bank_key (O or 1, {t}, {ck}, "
+                f"{h}, {w}), got bank_value {tuple(bank_value.shape)} and bank_key "
+                f"{tuple(bank_key.shape)}"
             )
+        if bank_key.shape[0] == 1 and o > 1 and not self.config.shared_key:
+            raise InputError("an object-free bank_key (1, T, ...) needs a shared-key model "
+                             "(ModelConfig.shared_key); this model's keys depend on the object")
         if tuple(bank_valid.shape) != (o, t):
             raise InputError(f"bank_valid must be {(o, t)}, got {tuple(bank_valid.shape)}")
         if query.key.shape[-2:] != (h, w):
@@ -206,8 +223,9 @@ class STMNet(nn.Module):
                 f"query features are {tuple(query.key.shape[-2:])} but the bank is {(h, w)}; "
                 "all frames of a video must have the same size"
             )
-        if query.key.shape[0] not in (1, o):
-            raise InputError(f"query batch must be 1 or {o} (objects), got {query.key.shape[0]}")
+        if query.key.shape[0] == 0 or o % query.key.shape[0]:
+            raise InputError(f"query batch must be 1, {o} (objects) or divide it (frames of equal "
+                             f"object counts), got {query.key.shape[0]}")
         # A value check needs a device->host sync (and breaks CUDA-graph capture): CPU only.
         if bank_valid.device.type == "cpu" and bool((bank_valid.sum(dim=1) < 1).any()):
             raise InputError("every object needs at least one valid memory slot in bank_valid")

@@ -243,6 +243,10 @@ class VideoPredictor:
         locality: location prior against look-alikes (runtime.locality): each object's
             probabilities are weighted by a Gaussian of sigma `locality` x its previous box's
             longer side around that box; 0 (default) = off. Host-side, after read_decoder.
+        prev_every: how often the previous frame's temporary slot is refreshed: every frame
+            (1, STM's schedule, the default) or every N-th frame. Frames that are neither
+            annotated, periodic (mem_every) nor a refresh skip the memory encoder entirely: at
+            N=2 it runs on about half the frames. README, Memory schedule, has the accuracy cost.
         annotations: when more annotated frames arrive than the bank keeps (runner.capacity -
             1; periodic frames are evicted first): "keep-latest" (default) keeps the first and
             the latest annotations and logs a warning for each one evicted; "refuse" makes the
@@ -260,9 +264,13 @@ class VideoPredictor:
         profile: bool = False,
         locality: float = 0.0,
         annotations: str = KEEP_LATEST,
+        prev_every: int = 1,
     ):
         if mem_every < 1:
             raise InputError(f"mem_every must be >= 1, got {mem_every}")
+        if isinstance(prev_every, bool) or not isinstance(prev_every, int) or prev_every < 1:
+            raise InputError(f"prev_every must be an integer >= 1, got {prev_every!r}")
+        self.prev_every = prev_every
         if max_side is not None and max_side < MIN_SIDE:
             raise InputError(f"max_side must be >= {MIN_SIDE}, got {max_side}")
         if isinstance(scale, bool) or not (isinstance(scale, (int, float))
@@ -314,7 +322,9 @@ class VideoPredictor:
             frame_index: frame the mask belongs to; must be >= frame_index of the next `step`.
             mask: (H, W) uint8 label map, 0 = background, ids 1..255.
             object_ids: ids of `mask` to use (default: all non-zero ids present). New ids join
-                the tracked objects; known ids are re-anchored to the mask.
+                the tracked objects; known ids are re-anchored: exactly their mask (their
+                probability elsewhere is cleared). Other tracked objects keep their prediction
+                outside the mask's objects.
 
         Raises:
             InputError: a frame already processed, a bad mask or ids, too many objects, or
@@ -404,7 +414,9 @@ class VideoPredictor:
         if self.locality:
             self.prev_boxes = None if slots is None else slot_boxes(slots, len(self.ids))
         clock.lap("postprocess")
-        if self.ids:
+        # a temporary frame between refreshes of the previous-frame slot is not memorized
+        skip_memory = kind == TEMP and t % self.prev_every != 0
+        if self.ids and not skip_memory:
             key, value = runner.encode_memory(frame_dev, probs, query)
             slot, invalid = self.policy.place(t, kind)
             n = len(self.ids)
@@ -482,13 +494,16 @@ class VideoPredictor:
             host[:old] = self.runner.download(probs)[:old]
         given = np.isin(mask, ids)
         host[:, given] = 0.0
+        # an annotated object is exactly its mask: a prediction that had spread elsewhere is cut
         for i in ids:
-            host[self.ids.index(i)] = np.where(mask == i, 1.0, host[self.ids.index(i)])
+            host[self.ids.index(i)] = (mask == i).astype(np.float32)
         # Slot map: ground truth where given, else the previous prediction (or background).
         new_slots = np.zeros(self.padded, np.uint8) if slots is None else slots.copy()
         new_slots[given] = 0
         for i in ids:
-            new_slots[mask == i] = self.ids.index(i) + 1
+            k = self.ids.index(i) + 1
+            new_slots[(new_slots == k) & (mask != i)] = 0
+            new_slots[mask == i] = k
         return self.runner.upload(host), new_slots
 
     def _to_ids(self, slots: np.ndarray | None) -> np.ndarray:

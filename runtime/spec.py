@@ -8,8 +8,11 @@ Conventions
   (black before normalization, as STM does), and outputs are cropped back with the same amounts.
 - Object probabilities are float32 in [0, 1], objects on the batch axis.
 - The memory bank is (objects, capacity, channels, h, w) so that the first O objects of a bank
-  preallocated for O_max objects are a contiguous prefix; `mem_valid` (objects, capacity) is 1.0
+  preallocated for O_max objects are a contiguous prefix; `bank_valid` (objects, capacity) is 1.0
   for filled slots and 0.0 for empty ones. Empty slots must hold finite values (zeros).
+- A shared-key model (STCN's keys: the memorized frame's query key) has an object-free key bank,
+  (1, capacity, Ck, h, w): the read computes one affinity per frame for all objects. The
+  manifest's bank_key shape says which (a leading 1, or "O" for per-object keys).
 """
 
 from __future__ import annotations
@@ -111,10 +114,10 @@ class Tensor:
     SKIP4 = "skip4"  # (1, C4, H/4, W/4) float
     # memory_encoder (FRAME as above)
     PROBS = "probs"  # (O, H, W) float in [0, 1]
-    MEM_KEY = "mem_key"  # (O, Ck, H/16, W/16)
+    MEM_KEY = "mem_key"  # (O, Ck, H/16, W/16); (1, ...) for a shared-key model
     MEM_VALUE = "mem_value"  # (O, Cv, H/16, W/16)
     # read_decoder (QUERY_*, SKIP* as above)
-    BANK_KEY = "bank_key"  # (O, T, Ck, H/16, W/16)
+    BANK_KEY = "bank_key"  # (O, T, Ck, H/16, W/16); (1, ...): object-free (shared keys)
     BANK_VALUE = "bank_value"  # (O, T, Cv, H/16, W/16)
     BANK_VALID = "bank_valid"  # (O, T) float, 1 = filled slot
     LOGITS = "logits"  # (O, H, W) per-object foreground logits (before aggregation)

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from mlvos.model.decoder import soft_aggregate_logits
-from mlvos.model.encoders import QueryFeatures
 from mlvos.model.network import STMNet
 
 
@@ -48,7 +47,8 @@ class ClipModel(nn.Module):
             values.append(mv)
             q = net.query_encoder(frames[:, i + 1])
             prev_key = q.key
-            q = QueryFeatures(*(x.repeat_interleave(k, dim=0) for x in q))
+            # batch B: the decoder runs the query's skip/value convolutions once per frame and
+            # repeats them over the frame's K objects (model.decoder.per_object)
             bank_key = torch.stack(keys, dim=1)
             bank_value = torch.stack(values, dim=1)
             valid = torch.ones(b * k, len(keys), device=frames.device)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mlvos.errors import MlvosError, require
-from mlvos.runtime.backends.base import Runner
+from mlvos.runtime.backends.base import Runner, nvtx_ranges, nvtx_stage
 from mlvos.runtime.manifest import Manifest
 from mlvos.runtime.spec import FEATURE_STRIDE, Graph, Tensor, parse_device
 
@@ -87,6 +87,7 @@ class OrtRunner(Runner):
                    else "")
             )
         self.providers = providers
+        self.nvtx = nvtx_ranges(cuda=providers[0] in GPU_PROVIDERS)  # Nsight (base.nvtx_stage)
         provider_options = [
             {"device_id": str(device_id)} if p in GPU_PROVIDERS else {} for p in providers
         ]
@@ -115,6 +116,9 @@ class OrtRunner(Runner):
         )
         self.key_dim = int(manifest.data["key_dim"])
         self.value_dim = int(manifest.data["value_dim"])
+        # bank_key (1, T, ...): a shared-key export stores each frame's key once for all
+        # objects; exports before the object-free bank have (O, T, ...) and still run
+        self.object_free_keys = rd.input(Tensor.BANK_KEY).shape[0] == 1
         self.bank_key = self.bank_value = None
         self.valid = np.zeros((0, self.capacity), self.valid_dtype)
 
@@ -122,12 +126,17 @@ class OrtRunner(Runner):
         fs = self.feature_stride
         return (max_objects, self.capacity, dim, height // fs, width // fs)
 
+    def key_rows(self, objects: int) -> int:
+        """Rows of the key bank that `objects` objects use: 1 when object-free."""
+        return 1 if self.object_free_keys else objects
+
     def upload(self, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(array)
 
     def download(self, value: Any) -> np.ndarray:
         return np.asarray(value)
 
+    @nvtx_stage(Graph.QUERY_ENCODER)
     def encode_query(self, frame: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.sessions[Graph.QUERY_ENCODER].run(None, {Tensor.FRAME: frame})
         return dict(zip(self.query_names, outs))
@@ -140,6 +149,7 @@ class OrtRunner(Runner):
             feeds[Tensor.QUERY_KEY] = query[Tensor.QUERY_KEY]
         return feeds
 
+    @nvtx_stage(Graph.MEMORY_ENCODER)
     def encode_memory(
         self, frame: np.ndarray, probs: np.ndarray, query: dict | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -149,11 +159,12 @@ class OrtRunner(Runner):
         )
         return key, value
 
+    @nvtx_stage(Graph.READ_DECODER)
     def read_decode(
         self, query: dict[str, np.ndarray], objects: int
     ) -> tuple[np.ndarray, np.ndarray]:
         feeds = dict(query)
-        feeds[Tensor.BANK_KEY] = self.bank_key[:objects]
+        feeds[Tensor.BANK_KEY] = self.bank_key[: self.key_rows(objects)]
         feeds[Tensor.BANK_VALUE] = self.bank_value[:objects]
         feeds[Tensor.BANK_VALID] = self.valid[:objects]
         probs, labels = self.sessions[Graph.READ_DECODER].run(
@@ -162,24 +173,28 @@ class OrtRunner(Runner):
         return probs, labels
 
     def allocate_bank(self, max_objects: int, height: int, width: int) -> None:
-        key = np.zeros(self.bank_shape(max_objects, height, width, self.key_dim), self.bank_dtype)
+        key = np.zeros(self.bank_shape(self.key_rows(max_objects), height, width, self.key_dim),
+                       self.bank_dtype)
         value = np.zeros(
             self.bank_shape(max_objects, height, width, self.value_dim), self.bank_dtype
         )
         if self.bank_key is not None and self.bank_key.shape[-2:] == key.shape[-2:]:
-            n = min(max_objects, self.bank_key.shape[0])
-            key[:n], value[:n] = self.bank_key[:n], self.bank_value[:n]
+            n = min(max_objects, self.bank_value.shape[0])
+            value[:n] = self.bank_value[:n]
+            n = min(key.shape[0], self.bank_key.shape[0])
+            key[:n] = self.bank_key[:n]
         self.bank_key, self.bank_value = key, value
 
     def write_slot(self, slot: int, key: np.ndarray, value: np.ndarray, objects: int) -> None:
-        self.bank_key[:objects, slot] = key
+        self.bank_key[: self.key_rows(objects), slot] = key
         self.bank_value[:objects, slot] = value
 
     def set_valid(self, valid: np.ndarray) -> None:
         self.valid = np.ascontiguousarray(valid, dtype=self.valid_dtype)
 
     def move_object(self, src: int, dst: int) -> None:
-        self.bank_key[dst] = self.bank_key[src]
+        if not self.object_free_keys:
+            self.bank_key[dst] = self.bank_key[src]
         self.bank_value[dst] = self.bank_value[src]
 
     # graph inputs, for recording (runtime.backends.recording.RecordingRunner)
@@ -193,7 +208,7 @@ class OrtRunner(Runner):
 
     def read_feed(self, query: dict[str, np.ndarray], objects: int) -> dict[str, np.ndarray]:
         feed = {k: np.array(v) for k, v in query.items()}
-        feed[Tensor.BANK_KEY] = np.array(self.bank_key[:objects])
+        feed[Tensor.BANK_KEY] = np.array(self.bank_key[: self.key_rows(objects)])
         feed[Tensor.BANK_VALUE] = np.array(self.bank_value[:objects])
         feed[Tensor.BANK_VALID] = np.array(self.valid[:objects])
         return feed
@@ -298,10 +313,12 @@ class OrtBoundRunner(OrtRunner):
     def download(self, value: Any) -> np.ndarray:
         return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
+    @nvtx_stage(Graph.QUERY_ENCODER)
     def encode_query(self, frame) -> dict[str, Any]:
         outs = self._run(Graph.QUERY_ENCODER, {Tensor.FRAME: frame}, self.query_names)
         return dict(zip(self.query_names, outs))
 
+    @nvtx_stage(Graph.MEMORY_ENCODER)
     def encode_memory(self, frame, probs, query: dict | None = None) -> tuple[Any, Any]:
         if not hasattr(probs, "data_ptr"):  # host probabilities (an annotated frame)
             probs = self._ortvalue(np.asarray(probs, self.probs_dtype))
@@ -316,10 +333,11 @@ class OrtBoundRunner(OrtRunner):
         )
         return key, value
 
+    @nvtx_stage(Graph.READ_DECODER)
     def read_decode(self, query: dict[str, Any], objects: int) -> tuple[Any, Any]:
         probs, labels = self._run(
             Graph.READ_DECODER, query, [Tensor.OBJ_PROBS, Tensor.LABELS],
-            prefix={Tensor.BANK_KEY: (self.bank_key, objects),
+            prefix={Tensor.BANK_KEY: (self.bank_key, self.key_rows(objects)),
                     Tensor.BANK_VALUE: (self.bank_value, objects),
                     Tensor.BANK_VALID: (self.valid_value, objects)},
         )
@@ -328,13 +346,14 @@ class OrtBoundRunner(OrtRunner):
     def allocate_bank(self, max_objects: int, height: int, width: int) -> None:
         old = (self.bank_key, self.bank_value)
         key = self._ortvalue(
-            np.zeros(self.bank_shape(max_objects, height, width, self.key_dim), self.bank_dtype))
+            np.zeros(self.bank_shape(self.key_rows(max_objects), height, width, self.key_dim),
+                     self.bank_dtype))
         value = self._ortvalue(
             np.zeros(self.bank_shape(max_objects, height, width, self.value_dim),
                      self.bank_dtype))
         if old[0] is not None and tuple(old[0].shape()[2:]) == tuple(key.shape()[2:]):
-            n = min(max_objects, old[0].shape()[0])
             for src, dst in zip(old, (key, value)):
+                n = min(dst.shape()[0], src.shape()[0])
                 per_object = self._bytes(src) // src.shape()[0]
                 self.copies.copy(dst.data_ptr(), src.data_ptr(), n * per_object)
             self.copies.finish()
@@ -347,9 +366,10 @@ class OrtBoundRunner(OrtRunner):
         return int(np.prod(value.shape(), dtype=np.int64)) * self._np_type(value).itemsize
 
     def write_slot(self, slot: int, key, value, objects: int) -> None:
-        for bank, new in ((self.bank_key, key), (self.bank_value, value)):
-            slot_bytes = self._bytes(new) // objects  # one object's (C, h, w)
-            expected = self._bytes(bank) // (self.bank_objects * self.capacity)
+        for bank, new, rows in ((self.bank_key, key, self.key_rows(objects)),
+                                (self.bank_value, value, objects)):
+            slot_bytes = self._bytes(new) // rows  # one object's (C, h, w)
+            expected = self._bytes(bank) // (bank.shape()[0] * self.capacity)
             if slot_bytes != expected or self._np_type(new) != self._np_type(bank):
                 raise MlvosError(
                     f"memory_encoder output {new.shape()} {new.data_type()} does not fit the "
@@ -358,7 +378,7 @@ class OrtBoundRunner(OrtRunner):
             # bank[o, slot] for o < objects: rows of slot_bytes, pitch capacity * slot_bytes.
             self.copies.copy_2d(
                 bank.data_ptr() + slot * slot_bytes, self.capacity * slot_bytes,
-                new.data_ptr(), slot_bytes, slot_bytes, objects,
+                new.data_ptr(), slot_bytes, slot_bytes, rows,
             )
         self.copies.finish()
 
@@ -376,7 +396,8 @@ class OrtBoundRunner(OrtRunner):
     memory_feed = read_feed = query_feed
 
     def move_object(self, src: int, dst: int) -> None:
-        for bank in (self.bank_key, self.bank_value):
+        for bank in (self.bank_value,) if self.object_free_keys else (self.bank_key,
+                                                                       self.bank_value):
             per_object = self._bytes(bank) // self.bank_objects
             self.copies.copy(bank.data_ptr() + dst * per_object,
                              bank.data_ptr() + src * per_object, per_object)

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from mlvos.errors import InputError, require
-from mlvos.runtime.spec import FEATURE_STRIDE, Precision
+from mlvos.runtime.backends.base import NvtxRanges, nvtx_ranges, nvtx_stage
+from mlvos.runtime.spec import FEATURE_STRIDE, Graph, Precision
 from mlvos.runtime.spec import Tensor as T
 
 
@@ -70,8 +71,15 @@ class TorchRunner:
         self.stride = model.stride
         self.capacity = capacity
         self.key_dim, self.value_dim = model.config.key_dim, model.config.value_dim
+        # a shared-key model's bank stores each frame's key once (object-free key bank)
+        self.object_free_keys = bool(model.config.shared_key)
         self.bank_key = self.bank_value = None
         self.valid = torch.zeros(0, capacity, device=self.device)
+        # Nsight ranges per graph call (base.nvtx_stage): the nvtx package, else torch's own
+        self.nvtx = nvtx_ranges(
+            cuda=self.device.type == "cuda",
+            fallback=lambda: NvtxRanges(torch.cuda.nvtx.range_push, torch.cuda.nvtx.range_pop),
+        )
 
     def __enter__(self):
         self.torch.set_grad_enabled(False)
@@ -104,16 +112,20 @@ class TorchRunner:
     def _nhwc(self, x):
         return x.contiguous(memory_format=self.torch.channels_last) if self.channels_last else x
 
+    @nvtx_stage(Graph.QUERY_ENCODER)
     def encode_query(self, frame):
         return self.model.encode_query(self._nhwc(frame))
 
+    @nvtx_stage(Graph.MEMORY_ENCODER)
     def encode_memory(self, frame, probs, query=None):
         key = None if query is None else query.key
         return self.model.encode_memory(self._nhwc(frame), probs.to(self.dtype), key)
 
+    @nvtx_stage(Graph.READ_DECODER)
     def read_decode(self, query, objects: int):
         logits = self.model.read_decode(
-            query, self.bank_key[:objects], self.bank_value[:objects], self.valid[:objects]
+            query, self.bank_key[: self.key_rows(objects)], self.bank_value[:objects],
+            self.valid[:objects]
         )
         return self.model.aggregate_outputs(logits)
 
@@ -121,22 +133,29 @@ class TorchRunner:
         torch = self.torch
         h, w = height // FEATURE_STRIDE, width // FEATURE_STRIDE
         kw = dict(device=self.device, dtype=self.dtype)
-        key = torch.zeros(max_objects, self.capacity, self.key_dim, h, w, **kw)
+        key = torch.zeros(self.key_rows(max_objects), self.capacity, self.key_dim, h, w, **kw)
         value = torch.zeros(max_objects, self.capacity, self.value_dim, h, w, **kw)
         if self.bank_key is not None and tuple(self.bank_key.shape[-2:]) == (h, w):
-            n = min(max_objects, self.bank_key.shape[0])
-            key[:n], value[:n] = self.bank_key[:n], self.bank_value[:n]
+            n = min(max_objects, self.bank_value.shape[0])
+            value[:n] = self.bank_value[:n]
+            n = min(key.shape[0], self.bank_key.shape[0])
+            key[:n] = self.bank_key[:n]
         self.bank_key, self.bank_value = key, value
 
+    def key_rows(self, objects: int) -> int:
+        """Rows of the key bank that `objects` objects use: 1 when object-free."""
+        return 1 if self.object_free_keys else objects
+
     def write_slot(self, slot: int, key, value, objects: int) -> None:
-        self.bank_key[:objects, slot] = key
+        self.bank_key[: self.key_rows(objects), slot] = key
         self.bank_value[:objects, slot] = value
 
     def set_valid(self, valid: np.ndarray) -> None:
         self.valid = self.torch.from_numpy(np.ascontiguousarray(valid, np.float32)).to(self.device)
 
     def move_object(self, src: int, dst: int) -> None:
-        self.bank_key[dst] = self.bank_key[src]
+        if not self.object_free_keys:
+            self.bank_key[dst] = self.bank_key[src]
         self.bank_value[dst] = self.bank_value[src]
 
     # graph inputs, for recording (runtime.backends.recording.RecordingRunner)
@@ -161,7 +180,7 @@ class TorchRunner:
             T.QUERY_VALUE: self._host(query.value),
             T.SKIP8: self._host(query.skip8),
             T.SKIP4: self._host(query.skip4),
-            T.BANK_KEY: self._host(self.bank_key[:objects]),
+            T.BANK_KEY: self._host(self.bank_key[: self.key_rows(objects)]),
             T.BANK_VALUE: self._host(self.bank_value[:objects]),
             T.BANK_VALID: self._host(self.valid[:objects]),
         }

@@ -114,7 +114,7 @@ def _random_feed(model, graph: str, objects: int, height: int, width: int, seed:
         T.QUERY_VALUE: normal(1, cfg.value_dim, h, w),
         T.SKIP8: normal(1, c8, 2 * h, 2 * w),
         T.SKIP4: normal(1, c4, 4 * h, 4 * w),
-        T.BANK_KEY: normal(objects, CAPACITY, cfg.key_dim, h, w),
+        T.BANK_KEY: normal(1 if cfg.shared_key else objects, CAPACITY, cfg.key_dim, h, w),
         T.BANK_VALUE: normal(objects, CAPACITY, cfg.value_dim, h, w),
         T.BANK_VALID: valid,
     }
@@ -171,8 +171,12 @@ def test_graph_io_matches_manifest(export_dir, manifest, graph, precision):
     elif graph == Graph.MEMORY_ENCODER:
         assert shapes[T.PROBS] == ("O", "H", "W") and dtypes[T.PROBS] == "float32"
         assert shapes[T.MEM_VALUE] == ("O", 64, "H/16", "W/16") and dtypes[T.MEM_KEY] == half
+        # tiny's keys are its query keys: once per frame, not per object
+        assert shapes[T.MEM_KEY] == (1, 32, "H/16", "W/16")
     else:
-        assert shapes[T.BANK_KEY] == ("O", CAPACITY, 32, "H/16", "W/16")
+        # the object-free key bank: one affinity per frame for every object
+        assert shapes[T.BANK_KEY] == (1, CAPACITY, 32, "H/16", "W/16")
+        assert shapes[T.BANK_VALUE] == ("O", CAPACITY, 64, "H/16", "W/16")
         assert shapes[T.BANK_VALID] == ("O", CAPACITY) and dtypes[T.BANK_VALID] == "float32"
         assert dtypes[T.BANK_VALUE] == half
         assert shapes[T.LOGITS] == ("O", "H", "W") and dtypes[T.OBJ_PROBS] == "float32"
@@ -363,7 +367,7 @@ def test_cli_static_size(checkpoint, tmp_path, caplog):
     assert manifest["static_size"] == [64, 96] and manifest["precisions"] == ["fp32"]
     entry = manifest["graphs"][Graph.READ_DECODER]["fp32"]
     shapes = {t["name"]: t["shape"] for t in [*entry["inputs"], *entry["outputs"]]}
-    assert shapes[T.BANK_KEY] == ["O", 2, 32, 4, 6] and shapes[T.LABELS] == [64, 96]
+    assert shapes[T.BANK_KEY] == [1, 2, 32, 4, 6] and shapes[T.LABELS] == [64, 96]
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["checkpoint.pt", "manifest.json"] + [f"{g}.fp32.onnx" for g in Graph.ALL]
     )
@@ -405,7 +409,7 @@ def test_end_to_end_can_be_reported_without_gating(tmp_path, monkeypatch):
 
 def test_shared_key_memory_encoder_takes_the_query_key(export_dir, model):
     # tiny shares keys (STCN): the memory graph reuses the frame's query key instead of running
-    # the query backbone again, and every object's mem_key is that key.
+    # the query backbone again, and its mem_key is that key, once for all objects.
     assert model.config.shared_key
     for precision in ("fp32", "fp16"):
         q = _session(export_dir, Graph.QUERY_ENCODER, precision)
@@ -417,7 +421,7 @@ def test_shared_key_memory_encoder_takes_the_query_key(export_dir, model):
         mem_key, mem_value = m.run(
             [T.MEM_KEY, T.MEM_VALUE], {T.FRAME: frame, T.PROBS: probs, T.QUERY_KEY: key}
         )
-        np.testing.assert_array_equal(mem_key, np.broadcast_to(key, (3, *key.shape[1:])))
+        np.testing.assert_array_equal(mem_key, key)  # once for all 3 objects
         ref = _torch(model, Graph.MEMORY_ENCODER, {T.FRAME: frame, T.PROBS: probs,
                                                    T.QUERY_KEY: key.astype(np.float32)})
         atol = 1e-4 if precision == "fp32" else 3e-2 * float(np.abs(ref[T.MEM_VALUE]).max())

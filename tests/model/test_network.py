@@ -43,7 +43,9 @@ def test_stage_shapes_at_odd_size(models, variant, objects):
     assert q.skip8.shape[-2:] == (2 * h, 2 * w) and q.skip4.shape[-2:] == (4 * h, 4 * w)
     probs = torch.rand(objects, H, W)
     mk, mv = m.encode_memory(x, probs)
-    assert mk.shape == (objects, ck, h, w) and mv.shape == (objects, cv, h, w)
+    # a shared-key model stores the frame's key once for all objects (object-free key bank)
+    key_rows = 1 if m.config.shared_key else objects
+    assert mk.shape == (key_rows, ck, h, w) and mv.shape == (objects, cv, h, w)
     bank_k = torch.stack([mk, mk], dim=1)
     bank_v = torch.stack([mv, mv], dim=1)
     logits = m.read_decode(q, bank_k, bank_v, torch.ones(objects, 2))
@@ -79,7 +81,7 @@ def test_partially_valid_bank_equals_read_over_valid_frames(models):
     full_k, full_v = torch.stack(keys, 1), torch.stack(values, 1)
     ref = m.read_decode(q, full_k, full_v, torch.ones(2, 3))
     # Same three frames in a 6-slot bank whose other slots are empty (zero-filled), shuffled.
-    cap_k = torch.zeros(2, 6, *full_k.shape[2:])
+    cap_k = torch.zeros(full_k.shape[0], 6, *full_k.shape[2:])
     cap_v = torch.zeros(2, 6, *full_v.shape[2:])
     valid = torch.zeros(2, 6)
     for src, dst in zip(range(3), (4, 0, 2)):
@@ -94,10 +96,39 @@ def test_partially_valid_bank_equals_read_over_valid_frames(models):
     valid2 = valid.clone()
     valid2[1] = 0
     valid2[1, 4] = 1
-    one = m.read_decode(q, full_k[1:, :1], full_v[1:, :1], torch.ones(1, 1))
+    one = m.read_decode(q, full_k[-1:, :1], full_v[1:, :1], torch.ones(1, 1))
     torch.testing.assert_close(
         m.read_decode(q, cap_k, cap_v, valid2)[1:], one, atol=1e-4, rtol=1e-4
     )
+
+
+@pytest.mark.parametrize("kernel", [0.0, 2.0])
+def test_object_free_key_bank_equals_per_object_keys(models, kernel):
+    """One affinity per frame for all objects (shared_memory_read) gives what a read per object
+    over its own copy of the keys gives, per-object validity (an object joining later)
+    included; and the decoder's shared query parts equal the per-object ones."""
+    import dataclasses
+
+    from mlvos.model.network import STMNet
+
+    base = models["tiny"]
+    m = STMNet(dataclasses.replace(base.config, read_kernel=kernel), "tiny").eval()
+    m.load_state_dict(base.state_dict())
+    x = _frame(64, 96, m.stride)
+    q = m.encode_query(x)
+    keys, values = zip(*(m.encode_memory(_frame(64, 96, m.stride, s), torch.rand(3, 64, 96))
+                         for s in range(4)))
+    bank_k, bank_v = torch.stack(keys, 1), torch.stack(values, 1)  # (1, 4, ...), (3, 4, ...)
+    assert bank_k.shape[0] == 1 and bank_v.shape[0] == 3
+    valid = torch.ones(3, 4)
+    valid[2, :2] = 0  # object 3 joined at the third stored frame
+    shared = m.read_decode(q, bank_k, bank_v, valid)
+    per_object = m.read_decode(q, bank_k.expand(3, *bank_k.shape[1:]), bank_v, valid)
+    torch.testing.assert_close(shared, per_object, atol=2e-4, rtol=1e-4)
+    # the per-object reference with query features expanded to O (the old contract)
+    expanded = type(q)(*(t.expand(3, *t.shape[1:]) for t in q))
+    old = m.read_decode(expanded, bank_k.expand(3, *bank_k.shape[1:]), bank_v, valid)
+    torch.testing.assert_close(shared, old, atol=2e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -167,7 +198,8 @@ def test_shared_key_memory_key_is_the_query_key(models):
     x = _frame(64, 96, m.stride)
     k, v = m.encode_memory(x, torch.rand(3, *x.shape[-2:]))
     qk = m.encode_query(x).key
-    torch.testing.assert_close(k, qk.expand(3, *qk.shape[1:]), atol=0, rtol=0)
+    torch.testing.assert_close(k, qk, atol=0, rtol=0)  # once for the 3 objects
+    assert v.shape[0] == 3
     # STM's separate keys stay available (and the default of the other variants).
     assert not models["paper"].config.shared_key
     assert any(".kv.key." in n for n, _ in

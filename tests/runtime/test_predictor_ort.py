@@ -9,6 +9,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
 from mlvos.data.metrics import label_map_iou  # noqa: E402
+from mlvos.errors import InputError  # noqa: E402
 from mlvos.runtime.backends import open_runner  # noqa: E402
 from mlvos.runtime.manifest import ManifestError  # noqa: E402
 from mlvos.runtime.predictor import VideoPredictor  # noqa: E402
@@ -71,6 +72,35 @@ def test_query_encoder_runs_once_per_frame(export_dir):
         runner.encode_query = lambda frame: calls.append(1) or encode_query(frame)
         _propagate(runner, video)
     assert len(calls) == len(video)
+
+
+@pytest.mark.parametrize("prev_every", [1, 2, 3])
+def test_prev_every_encodes_memory_only_where_the_schedule_says(export_dir, prev_every):
+    """The memory encoder runs on the annotated frame, every mem_every-th frame and every
+    prev_every-th frame (the previous-frame slot's refreshes); prev_every=1 is STM's schedule
+    and gives the same masks as the default."""
+    video = _video(n=10, h=64, w=96)
+    with open_runner(export_dir, backend="ort") as runner:
+        calls = []
+        encode_memory = runner.encode_memory
+        runner.encode_memory = lambda *a: calls.append(1) or encode_memory(*a)
+        pred = VideoPredictor(runner, mem_every=4, prev_every=prev_every)
+        pred.add_mask(0, video[0][1])
+        labels = [pred.step(f) for f, _ in video]
+    expected = [t for t in range(10) if t % 4 == 0 or t % prev_every == 0]
+    assert len(calls) == len(expected)
+    assert all(lab.shape == (64, 96) for lab in labels)
+    if prev_every == 1:
+        with open_runner(export_dir, backend="ort") as runner:
+            default = _propagate(runner, video, mem_every=4)
+        assert all((a == b).all() for a, b in zip(labels, default))
+
+
+def test_bad_prev_every(export_dir):
+    with open_runner(export_dir, backend="ort") as runner:
+        for bad in (0, -1, 1.5, True):
+            with pytest.raises(InputError, match="prev_every"):
+                VideoPredictor(runner, prev_every=bad)
 
 
 def test_bank_stays_bounded_and_reused(export_dir):
@@ -176,3 +206,23 @@ def test_ort_cuda_without_gpu_build_names_extra(export_dir):
         pytest.skip("onnxruntime-gpu is installed")
     with pytest.raises(Exception, match=r"mlvos\[ort-gpu\]"):
         open_runner(export_dir, backend="ort", device="cuda")
+
+
+def test_reanchoring_cuts_a_spread_object_back_to_its_mask(export_dir):
+    """A later annotation of a tracked id is that object's ground truth: its prediction outside
+    the new mask is dropped (it reappears there only if the memory read puts it back)."""
+    import numpy as np
+
+    video = _video(n=4, h=64, w=96)
+    with open_runner(export_dir, backend="ort") as runner:
+        pred = VideoPredictor(runner, mem_every=5)
+        first = video[0][1]
+        pred.add_mask(0, first)
+        pred.step(video[0][0])
+        oid = pred.object_ids[0]
+        tiny = np.zeros_like(first)
+        tiny[:8, :8] = oid  # object `oid` re-annotated as a small corner patch
+        pred.add_mask(1, tiny, object_ids=[oid])
+        # frame 1's output: the annotated object exactly at its mask
+        out = pred.step(video[1][0])
+        assert ((out == oid) == (tiny == oid)).all()

@@ -58,8 +58,8 @@ def _stm_reference(model, frames, mask, capacity, mem_every):
         nonlocal bank
         key, value = kv
         if bank is None:
-            o = key.shape[0]
-            bank = [key.new_zeros(o, capacity, *key.shape[1:]),
+            o = value.shape[0]  # key: 1 row for a shared-key model (object-free), else o
+            bank = [key.new_zeros(key.shape[0], capacity, *key.shape[1:]),
                     value.new_zeros(o, capacity, *value.shape[1:]), key.new_zeros(o, capacity)]
         slot, invalid = policy.place(t, kind)
         bank[0][:, slot], bank[1][:, slot] = key, value

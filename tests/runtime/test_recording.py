@@ -83,7 +83,9 @@ def test_records_graph_inputs_only_while_recording():
     # frame 1 reads the annotated slot only, frame 2 that and frame 1's
     assert read[0][T.BANK_VALID].tolist() == [[1, 0, 0], [1, 0, 0]]
     assert read[1][T.BANK_VALID].tolist() == [[1, 1, 0], [1, 1, 0]]
-    assert read[0][T.BANK_KEY].shape[:2] == (2, 3) and read[0][T.BANK_KEY].dtype == np.float32
+    # tiny's key bank is object-free (one row), its value bank per object
+    assert read[0][T.BANK_KEY].shape[:2] == (1, 3) and read[0][T.BANK_KEY].dtype == np.float32
+    assert read[0][T.BANK_VALUE].shape[:2] == (2, 3)
     assert runner.feeds[Graph.QUERY_ENCODER][0][T.FRAME].shape == (1, 3, 64, 96)
     memory = runner.feeds[Graph.MEMORY_ENCODER][0]
     assert memory[T.PROBS].shape == (2, 64, 96) and memory[T.PROBS].dtype == np.float32

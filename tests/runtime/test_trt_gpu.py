@@ -229,7 +229,7 @@ def test_per_graph_outputs_match_ort(device, export_dir, tmp_path, precision):
         valid[:, [0, 3]] = 1
         r.set_valid(valid)
         p, labels = r.read_decode(q, 2)
-        bank_k = np.zeros((2, r.capacity, *rk.shape[1:]), rk.dtype)
+        bank_k = np.zeros((rk.shape[0], r.capacity, *rk.shape[1:]), rk.dtype)  # 1 row: tiny
         bank_v = np.zeros((2, r.capacity, *rv.shape[1:]), rv.dtype)
         bank_k[:, [0, 3]] = rk[:, None]
         bank_v[:, [0, 3]] = rv[:, None]

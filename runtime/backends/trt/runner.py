@@ -12,7 +12,7 @@ import numpy as np
 
 from mlvos.errors import InputError
 from mlvos.runtime.backends import cuda_mem
-from mlvos.runtime.backends.base import Runner
+from mlvos.runtime.backends.base import Runner, nvtx_ranges, nvtx_stage
 from mlvos.runtime.backends.cuda_mem import DeviceArray, DeviceBuffer, Stream
 from mlvos.runtime.backends.trt.build import BuildOptions, ensure_engines
 from mlvos.runtime.backends.trt.common import EngineCacheError, TrtError, _import_trt
@@ -108,6 +108,7 @@ class TrtRunner(Runner):
         self.device = device
         self.dla_core = dla_core
         self.cuda_graph = cuda_graph
+        self.nvtx = nvtx_ranges(cuda=True)  # Nsight ranges per graph call (base.nvtx_stage)
         options = BuildOptions(
             engine_dir=engine_dir,
             profile=profile,
@@ -123,6 +124,9 @@ class TrtRunner(Runner):
         self.bank_shape = (
             manifest.graph(Graph.READ_DECODER, source, verify=False).input(Tensor.BANK_KEY).shape
         )
+        # bank_key (1, T, ...): a shared-key export stores each frame's key once for all objects
+        # (one affinity per frame); older exports have (O, T, ...) and still run
+        self.object_free_keys = self.bank_shape[0] == 1
         # Engine limits, known before open() (the predictor reads max_objects); open() re-reads
         # them from the deserialized engines.
         profile_used = self.records[Graph.READ_DECODER].meta["key"]["profile"]
@@ -244,7 +248,7 @@ class TrtRunner(Runner):
                 self._bind(stage, name, self._buffers[name].ptr)
         frame = self.max_shapes[Tensor.FRAME]
         self.max_size = (int(frame[-2]), int(frame[-1]))
-        self.max_objects = int(self.max_shapes[Tensor.BANK_KEY][0])
+        self.max_objects = int(self.max_shapes[Tensor.BANK_VALUE][0])
         self._bank_hw: tuple[int, int] = (0, 0)  # (h, w) of the bank; (0, 0) = none yet
         self._bank_objects = 0
 
@@ -328,6 +332,7 @@ class TrtRunner(Runner):
         if not stage.enqueue(self._stream):
             raise TrtError(f"{stage.name}: execute_async_v3 failed (see TensorRT's log above)")
 
+    @nvtx_stage(Graph.QUERY_ENCODER)
     def encode_query(self, frame: DeviceArray) -> dict[str, DeviceArray]:
         self._ready()
         stage = self._stages[Graph.QUERY_ENCODER]
@@ -336,6 +341,7 @@ class TrtRunner(Runner):
         self._run(stage)
         return self._outputs(stage)
 
+    @nvtx_stage(Graph.MEMORY_ENCODER)
     def encode_memory(
         self, frame: DeviceArray, probs: DeviceArray, query: dict | None = None
     ) -> tuple[DeviceArray, DeviceArray]:
@@ -356,6 +362,7 @@ class TrtRunner(Runner):
         out = self._outputs(stage)
         return out[Tensor.MEM_KEY], out[Tensor.MEM_VALUE]
 
+    @nvtx_stage(Graph.READ_DECODER)
     def read_decode(
         self, query: dict[str, DeviceArray], objects: int
     ) -> tuple[DeviceArray, DeviceArray]:
@@ -369,7 +376,8 @@ class TrtRunner(Runner):
                 f"but {objects} objects at {hw} were read; call allocate_bank first"
             )
         shapes = {n: tuple(a.shape) for n, a in query.items()}
-        shapes[Tensor.BANK_KEY] = (objects, *self.max_shapes[Tensor.BANK_KEY][1:3], *hw)
+        shapes[Tensor.BANK_KEY] = (self.key_rows(objects), *self.max_shapes[Tensor.BANK_KEY][1:3],
+                                   *hw)
         shapes[Tensor.BANK_VALUE] = (objects, *self.max_shapes[Tensor.BANK_VALUE][1:3], *hw)
         shapes[Tensor.BANK_VALID] = (objects, self.capacity)
         fixed = all(a.ptr == self._buffers[n].ptr for n, a in query.items())
@@ -412,6 +420,13 @@ class TrtRunner(Runner):
         dims = resolve_shape(self.bank_shape, {"O": 1, "H": height, "W": width})
         return int(dims[-2]), int(dims[-1])
 
+    def key_rows(self, objects: int) -> int:
+        """Rows of the key bank that `objects` objects use: 1 when object-free."""
+        return 1 if self.object_free_keys else objects
+
+    def _rows(self, name: str, objects: int) -> int:
+        return self.key_rows(objects) if name == Tensor.BANK_KEY else objects
+
     def _object_bytes(self, name: str) -> int:
         """Bytes of one object's (T, C, h, w) block at the current bank size."""
         t, c = self.max_shapes[name][1:3]
@@ -425,13 +440,15 @@ class TrtRunner(Runner):
         # bank is preallocated for the engine's maximum, so only that many can exist.
         n = min(max_objects, self.max_objects)
         hw = self._bank_hw_for(height, width)
-        start = 0 if hw != self._bank_hw else min(self._bank_objects, n)
+        fresh = hw != self._bank_hw
         self._bank_hw = hw
-        if n > start:
-            for name in (Tensor.BANK_KEY, Tensor.BANK_VALUE):
+        for name in (Tensor.BANK_KEY, Tensor.BANK_VALUE):
+            rows = self._rows(name, n)
+            start = 0 if fresh else min(self._rows(name, self._bank_objects), rows)
+            if rows > start:
                 size = self._object_bytes(name)
                 cuda_mem.memset(
-                    self._buffers[name].ptr + start * size, 0, (n - start) * size, self._stream
+                    self._buffers[name].ptr + start * size, 0, (rows - start) * size, self._stream
                 )
         self._bank_objects = n
 
@@ -447,7 +464,8 @@ class TrtRunner(Runner):
             )
         for src, name in ((key, Tensor.BANK_KEY), (value, Tensor.BANK_VALUE)):
             per_slot = self._object_bytes(name) // self.capacity
-            if src.shape[0] < objects or src.nbytes // src.shape[0] != per_slot:
+            rows = self._rows(name, objects)
+            if src.shape[0] < rows or src.nbytes // src.shape[0] != per_slot:
                 raise InputError(
                     f"{name} slot data of shape {src.shape} does not fit the bank "
                     f"({objects} objects at {self._bank_hw})"
@@ -455,7 +473,7 @@ class TrtRunner(Runner):
             dst = self._buffers[name].ptr + slot * per_slot
             # bank[o, slot] = src[o] for o < objects: rows of one slot, pitched by T slots.
             cuda_mem.copy_2d_dtod(
-                dst, self.capacity * per_slot, src.ptr, per_slot, per_slot, objects, self._stream
+                dst, self.capacity * per_slot, src.ptr, per_slot, per_slot, rows, self._stream
             )
 
     def set_valid(self, valid: np.ndarray) -> None:
@@ -474,7 +492,8 @@ class TrtRunner(Runner):
             )
         if src == dst:
             return
-        for name in (Tensor.BANK_KEY, Tensor.BANK_VALUE):
+        for name in (Tensor.BANK_VALUE,) if self.object_free_keys else (Tensor.BANK_KEY,
+                                                                         Tensor.BANK_VALUE):
             size = self._object_bytes(name)
             base = self._buffers[name].ptr
             cuda_mem.copy_dtod(base + dst * size, base + src * size, size, self._stream)
