@@ -138,6 +138,17 @@ $(CALIB_DIR)/val-data: | $(STAMP)
 calib: $(STAMP) $(CALIB_EXPORT)/manifest.json $(CALIB_DIR)/calib-data $(CALIB_DIR)/val-data ## INT8 Q/DQ graphs + FP32-vs-INT8 J&F (CALIB_EXPORT=dir)
 	$(BIN)/mlvos calib --model $(CALIB_EXPORT) --data $(CALIB_DIR)/calib-data --eval-data $(CALIB_DIR)/val-data --out $(CALIB_DIR)/out --force $(CALIB_ARGS)
 
+# `make benchmark`: one row per backend x precision of the demo's export (made by `make demo` if
+# absent; int8 appears once `make calib` ran): size, J&F on the demo's natural videos, ms/frame
+# at 480p with 2 objects, peak memory; table.md, table.csv and table.json in $(BENCH_DIR).
+BENCH_MODEL ?= .cache/demo/export
+BENCH_DIR   ?= .cache/benchmark
+BENCH_ARGS  ?=
+
+.PHONY: benchmark
+benchmark: $(STAMP) $(BENCH_MODEL)/manifest.json ## size, J&F, ms/frame, memory per backend x precision (BENCH_ARGS=...)
+	$(BIN)/mlvos benchmark --model $(BENCH_MODEL) --out $(BENCH_DIR) $(BENCH_ARGS)
+
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
 

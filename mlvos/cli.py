@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "run": "mlvos.runtime.cli",
     "profile": "mlvos.profiling.cli",
     "check": "mlvos.profiling.cli",
+    "benchmark": "mlvos.profiling.cli",
     "demo": "mlvos.cli",
     "env": "mlvos.cli",
 }

@@ -11,7 +11,7 @@ import argparse
 
 from mlvos.runtime.backends import BACKENDS
 from mlvos.runtime.cli import cuda_index
-from mlvos.runtime.spec import Precision
+from mlvos.runtime.spec import DEFAULT_MEM_EVERY, Precision
 
 DEFAULT_RESOLUTIONS = "480p,720p,1080p"
 DEFAULT_OBJECTS = "1,2,4"
@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "profile",
         help="latency per stage and end to end: resolution / memory / object / long-run sweeps",
         description=(
-            "Drive VideoPredictor with synthetic frames and report, per stage and end to end, "
+            "Drive VideoPredictor with real footage (--input), natural-looking frames (the "
+            "default, from the photo library) or procedural ones, and report, per stage and end "
+            "to end, "
             "mean/p50/p90/p99 latency and FPS after warm-up (CUDA events on a GPU, wall clock on "
             "the CPU), read+decode vs frames in memory, latency vs object count, a long run "
             "(latency vs frame index, RSS growth), peak memory, GMACs per stage and achieved "
@@ -71,10 +73,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resolutions",
         type=_names,
-        default=_names(DEFAULT_RESOLUTIONS),
+        default=None,
         help="480p, 720p, 1080p or HxW, comma separated; the first is used for the object, "
-        f"memory and long-run sweeps (default: {DEFAULT_RESOLUTIONS})",
+        f"memory and long-run sweeps (default: {DEFAULT_RESOLUTIONS}; with --input, its own "
+        "size)",
     )
+    p.add_argument(
+        "--input", default=None, metavar="VIDEO",
+        help="profile on real footage: a video file or frames folder (its first frames, "
+        "resized to each resolution); the report names the content measured")
+    p.add_argument(
+        "--mask", default=None, metavar="PNG",
+        help="with --input: the first frame's object ids (the first N ids for N objects); "
+        "default: N ellipses")
+    p.add_argument(
+        "--content", choices=("natural", "synthetic"), default="natural",
+        help="frames without --input: natural-looking (photo library, `mlvos data photos`; "
+        "procedural when it is not installed) or the procedural generator (default: natural)")
     p.add_argument(
         "--objects",
         type=_int_list,
@@ -101,6 +116,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: runtime.spec DEFAULT_CAPACITY); an export directory keeps its own",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic videos")
+    p.add_argument("--mem-every", type=int, default=DEFAULT_MEM_EVERY, metavar="N",
+                   help=f"memory schedule: every N-th frame is kept (default {DEFAULT_MEM_EVERY})")
+    p.add_argument("--prev-every", type=int, default=1, metavar="N",
+                   help="memory schedule: the previous-frame slot is refreshed every N-th frame "
+                   "(default 1, every frame)")
     p.add_argument(
         "--cuda-graph",
         action="store_true",
@@ -113,6 +133,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmp_ = psub.add_parser("compare", help="print two reports side by side with ratios (B/A)")
     cmp_.add_argument("reports", nargs=2, metavar="REPORT.json")
     cmp_.set_defaults(func=main_compare)
+
+    nodes = psub.add_parser(
+        "nodes",
+        help="read_decoder node by node (onnxruntime profiler): memory read, decoder and "
+        "aggregation time per resolution and object count",
+    )
+    nodes.add_argument("--model", required=True, help="export directory")
+    nodes.add_argument("--precision", default="fp32", choices=Precision.GRAPHS,
+                       help="graph precision (default fp32)")
+    nodes.add_argument("--resolutions", type=_names, default=_names("480p,1080p"),
+                       help="comma separated (default 480p,1080p)")
+    nodes.add_argument("--objects", type=_int_list, default=_int_list("1,2,3"),
+                       help="object counts (default 1,2,3)")
+    nodes.add_argument("--iters", type=int, default=3, help="timed runs per config (default 3)")
+    nodes.add_argument("--threads", type=int, default=2, help="ORT threads (default 2)")
+    nodes.add_argument("--out", default=None,
+                       help="folder for nodes.json and nodes.md (default: print only)")
+    nodes.set_defaults(func=main_nodes)
 
     gpu = psub.add_parser(
         "gpu-check",
@@ -249,12 +287,28 @@ def main(args: argparse.Namespace) -> int:
             model = _ensure_export(str(ckpt), export_dir, args.precision, args.capacity)
     from mlvos.profiling import ProfileConfig, run_profile, summary_table, write_report
 
+    if args.mask and not args.input:
+        raise InputError("--mask is the first-frame mask of --input; give --input VIDEO too")
+    resolutions = args.resolutions
+    if resolutions is None:
+        if args.input:
+            from mlvos.profiling.content import input_size
+
+            h, w = input_size(args.input)
+            resolutions = [f"{h}x{w}"]
+        else:
+            resolutions = _names(DEFAULT_RESOLUTIONS)
     config = ProfileConfig(
         model=str(model),
         backend=args.backend,
         precision=args.precision,
         device=args.device,
-        resolutions=tuple(args.resolutions),
+        resolutions=tuple(resolutions),
+        input=args.input,
+        mask=args.mask,
+        mem_every=args.mem_every,
+        prev_every=args.prev_every,
+        content=args.content,
         objects=tuple(args.objects),
         memory=tuple(args.memory) if args.memory else None,
         long=args.long,
@@ -317,6 +371,29 @@ def main_gpu_check(args: argparse.Namespace) -> int:
     print(final_table(report))
     print(f"wrote {Path(args.gpu_out) / REPORT_FILE} ({report['elapsed_s']:.0f} s)")
     return 0 if report.get("status") == "ok" else 1
+
+
+def main_nodes(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from mlvos.errors import InputError
+    from mlvos.fileio import atomic_write_text
+    from mlvos.profiling.node_profile import nodes_table, profile_nodes
+
+    if args.iters < 1 or any(k < 1 for k in args.objects):
+        raise InputError("need --iters >= 1 and object counts >= 1")
+    report = profile_nodes(args.model, resolutions=args.resolutions, objects=args.objects,
+                           precision=args.precision, iters=args.iters, threads=args.threads)
+    table = nodes_table(report)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "nodes.json", json.dumps(report, indent=1))
+        atomic_write_text(out / "nodes.md", table + "\n")
+        print(f"wrote nodes.json, nodes.md to {out}")
+    return 0
 
 
 def register_check(sub: argparse._SubParsersAction) -> None:
@@ -399,5 +476,117 @@ def main_check(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def register_benchmark(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "benchmark",
+        help="one table: size, J&F, ms/frame and peak memory per backend x precision",
+        description=(
+            "For an export directory (or a checkpoint, exported first into --export-dir), one "
+            "row per backend x precision this machine can run: torch (the export's checkpoint), "
+            "onnxruntime on every precision of the export, TensorRT where it and a GPU are "
+            "usable. Columns: size on disk (MB of that precision's graphs; the checkpoint for "
+            "torch, the engines for trt), J&F on --data (DAVIS 2017 protocol; each sequence cut "
+            "to --max-frames), end-to-end ms/frame p50/p90 and FPS at --resolution with "
+            "--objects objects (natural frames from --data, resized), and peak RSS of the row's "
+            "own process (each row runs in a fresh one) plus peak device memory where the "
+            "backend reports it. Rows that cannot run say why and how to fix it. Prints the "
+            "markdown table; --out DIR writes table.md, table.csv and table.json."
+        ),
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", metavar="EXPORT_DIR",
+                     help="export directory (default: the demo's, .cache/demo/export)")
+    src.add_argument("--checkpoint", metavar="CKPT",
+                     help="a checkpoint: exported (fp32 + fp16) into --export-dir first, reused "
+                     "while its sha256 matches")
+    p.add_argument("--export-dir", default=None, metavar="DIR",
+                   help="export cache for --checkpoint (default: CKPT's folder/<name>-export)")
+    p.add_argument("--data", default=None, metavar="ROOT",
+                   help="DAVIS-layout validation set (default: the demo's natural videos, "
+                   ".cache/demo/natural-*)")
+    p.add_argument("--split", default="val", help="ImageSets split of --data (default: val)")
+    p.add_argument("--sequences", type=int, default=None, metavar="N",
+                   help="score only the first N sequences of --data (default: all)")
+    p.add_argument("--max-frames", type=int, default=15, metavar="N",
+                   help="score each sequence on its first N frames, >= 3 (default: 15, which "
+                   "keeps the demo's table under 5 minutes on 2 CPU cores; 0 = whole sequences)")
+    p.add_argument("--resolution", default="480p",
+                   help="timing frame size: 480p, 720p, 1080p, 4k or HxW (default: 480p)")
+    p.add_argument("--objects", type=int, default=2,
+                   help="objects tracked in the timed run (default: 2)")
+    p.add_argument("--warmup", type=int, default=3, help="discarded frames (default: 3)")
+    p.add_argument("--iters", type=int, default=20, help="timed frames (default: 20)")
+    p.add_argument("--backends", type=_names, default=BACKENDS, metavar="B[,B...]",
+                   help=f"backends to consider (default: {','.join(BACKENDS)})")
+    p.add_argument("--precisions", type=_names, default=Precision.GRAPHS, metavar="P[,P...]",
+                   help=f"precisions to consider (default: {','.join(Precision.GRAPHS)})")
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda[:N] for the torch and ort rows (default: cpu); trt rows "
+                   "run on cuda:N (N from this option, else 0)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of onnxruntime and torch (default: theirs)")
+    p.add_argument("--row-timeout", type=float, default=900.0, metavar="S",
+                   help="kill a row's process after S seconds (default: 900)")
+    p.add_argument("--save-pred", action="store_true",
+                   help="with --out: write each row's predictions to OUT/pred/<backend>-"
+                   "<precision>/ (for `mlvos eval` when --max-frames covers the sequences)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write table.md, table.csv and table.json here")
+    p.set_defaults(func=main_benchmark)
+
+
+def main_benchmark(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlvos.errors import InputError
+    from mlvos.profiling.benchmark import (
+        DEMO_EXPORT,
+        BenchmarkConfig,
+        default_data,
+        ensure_export,
+        markdown_table,
+        run_benchmark,
+        write_tables,
+    )
+
+    if args.save_pred and not args.out:
+        raise InputError("--save-pred writes into --out DIR/pred; pass --out DIR")
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint)
+        model = ensure_export(ckpt, args.export_dir or ckpt.with_name(f"{ckpt.stem}-export"))
+    elif args.model:
+        model = Path(args.model)
+    elif (DEMO_EXPORT / "manifest.json").is_file():
+        model = DEMO_EXPORT
+    else:
+        raise InputError(
+            "no model: pass --model EXPORT_DIR or --checkpoint CKPT (the default, the demo's "
+            f"export {DEMO_EXPORT}, is absent: `mlvos demo` makes it)"
+        )
+    data = args.data or default_data()
+    if data is None:
+        raise InputError(
+            "no validation set: pass --data ROOT (a DAVIS-layout set, e.g. `mlvos data synth "
+            "--style natural --out ROOT --sequences 2 --frames 20`); the default, the demo's "
+            "natural videos (.cache/demo/natural-*), is absent: `mlvos demo` makes it"
+        )
+    config = BenchmarkConfig(
+        model=str(model), data=str(data), split=args.split, sequences=args.sequences,
+        max_frames=args.max_frames or None, resolution=args.resolution, objects=args.objects,
+        warmup=args.warmup, iters=args.iters, device=args.device, threads=args.threads,
+        backends=tuple(args.backends), precisions=tuple(args.precisions),
+        row_timeout_s=args.row_timeout,
+        pred_dir=str(Path(args.out) / "pred") if args.save_pred else None,
+    )
+    report = run_benchmark(config)
+    print()
+    print(markdown_table(report))
+    if args.out:
+        written = write_tables(report, args.out)
+        print(f"\nwrote {', '.join(p.name for p in written)} to {args.out} "
+              f"({report['seconds']:.0f} s)")
+    return 0 if all(r["status"] != "failed" for r in report["rows"]) else 1
+
+
 # name -> register function; mlvos.cli adds it to `mlvos` in pipeline order.
-SUBCOMMANDS = {"profile": register, "check": register_check}
+SUBCOMMANDS = {"profile": register, "check": register_check, "benchmark": register_benchmark}

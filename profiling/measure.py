@@ -173,6 +173,7 @@ def run_video(
     warmup: int,
     timer: StageTimer | None = None,
     mem_every: int = DEFAULT_MEM_EVERY,
+    prev_every: int = 1,
     deadline: float | None = None,
     min_frames: int = 3,
 ) -> RunTimings:
@@ -190,7 +191,8 @@ def run_video(
     """
     device_timed = timer is not None and timer.kind != "wall"
     timed = RecordingRunner(runner, timer=timer) if device_timed else None
-    pred = VideoPredictor(timed or runner, mem_every=mem_every, profile=True)
+    pred = VideoPredictor(timed or runner, mem_every=mem_every, prev_every=prev_every,
+                          profile=True)
     pred.add_mask(0, video.first_label)
     device = {s: [] for s in TIMED_STAGES} if timed else None
     rss_after = None
@@ -311,7 +313,8 @@ def model_stage_gmacs(
     Args:
         variant: registry name of the model.
         h, w: padded frame size (multiples of the model's stride).
-        objects: tracked objects (the memory encoder and read+decode run once per object).
+        objects: tracked objects (the memory encoder runs once per object; read+decode has a
+            per-frame part and a per-object part, StageCost.read_gmac).
         capacity: memory slots of the bank.
 
     Returns:
@@ -324,7 +327,7 @@ def model_stage_gmacs(
         {
             "query_encoder": c.query_gmac,
             "memory_encoder": objects * c.memory_gmac,
-            "read_decoder": objects * c.read_decode_gmac,
+            "read_decoder": c.read_gmac(objects),
         }
     )
 

@@ -293,6 +293,20 @@ def summary_table(report: dict[str, Any]) -> str:
             f"stage sum vs end to end: worst {100 * (chk['worst_rel_diff'] or 0):.2f}% "
             f"(tolerance {100 * chk['tolerance']:.0f}%): {'OK' if chk['ok'] else 'FAILED'}"
         )
+    source = (report.get("videos") or {}).get("source")
+    if source:
+        lines.append(f"content: {source}")
+    gemm = report.get("gemm") or {}
+    rate = gemm.get("fp32_gflops") or gemm.get("fp16_gflops")
+    if rate:
+        first = next((e for e in report.get("resolution_sweep") or [] if "wall" in e), None)
+        frac = (first or {}).get("gemm_fraction") or {}
+        parts = ", ".join(f"{s} {100 * v:.0f}%" for s, v in frac.items() if v)
+        lines.append(f"dense GEMM rate here: {rate:.0f} GFLOP/s ({gemm['source']}); achieved "
+                     f"share of it at {first['resolution']} x{first['objects']}: {parts}"
+                     if first else f"dense GEMM rate here: {rate:.0f} GFLOP/s")
+    elif gemm.get("error"):
+        lines.append(f"dense GEMM rate: not measured ({gemm['error']})")
     lr = report.get("long_run") or {}
     if lr.get("late_over_early") is not None:
         flat = "flat" if lr["flat"] else "NOT flat"

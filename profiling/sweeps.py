@@ -11,11 +11,14 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlvos.errors import InputError
+from mlvos.profiling.content import profile_video
+from mlvos.profiling.gemm import gemm_fractions, measure_gemm
 from mlvos.profiling.measure import (
     STAGE_SUM_TOLERANCE,
     MacCounter,
@@ -23,7 +26,6 @@ from mlvos.profiling.measure import (
     run_video,
     stage_sum_check,
     summarize,
-    synthetic_video,
     tflops,
     time_read_decode,
 )
@@ -80,9 +82,13 @@ class ProfileConfig:
     threads: int | None = None
     seed: int = 0
     mem_every: int = DEFAULT_MEM_EVERY
+    prev_every: int = 1  # refresh of the previous-frame slot (VideoPredictor)
     unique_frames: int = 12
     capacity: int | None = None  # memory slots of a bare torch checkpoint
     cuda_graph: bool = False  # passed to open_runner (trt) only when set
+    input: str | None = None  # real footage (video file or frames folder)
+    mask: str | None = None  # its first frame's ids
+    content: str = "natural"  # without input: "natural" (photo library) or "synthetic"
 
     def check(self) -> None:
         """Raises InputError on a value that cannot be profiled."""
@@ -96,6 +102,10 @@ class ProfileConfig:
             raise InputError("need --warmup >= 0, --iters >= 1 and --long >= 0")
         if self.unique_frames < 2:
             raise InputError("unique_frames must be >= 2")
+        if self.input is not None and not Path(self.input).exists():
+            raise InputError(f"--input {self.input}: no such file or folder")
+        if self.mask is not None and not Path(self.mask).is_file():
+            raise InputError(f"--mask {self.mask}: no such file")
 
 
 @dataclass
@@ -105,15 +115,18 @@ class _Context:
     timer: StageTimer
     devmem: Any
     macs: MacCounter
+    gemm: dict[str, Any] = field(default_factory=dict)  # the machine's GEMM rate (gemm.py)
     videos: dict[tuple[int, int, int], SyntheticVideo] = field(default_factory=dict)
 
     def video(self, h: int, w: int, objects: int) -> SyntheticVideo:
         key = (h, w, objects)
         if key not in self.videos:
             self.videos.clear()  # one at a time: 1080p frames are 6 MB each
-            self.videos[key] = synthetic_video(
-                self.config.seed, h, w, objects, unique=self.config.unique_frames
-            )
+            c = self.config
+            # real footage: as many distinct frames as a configuration times (cycled beyond)
+            frames = max(c.unique_frames, 1 + c.warmup + c.iters) if c.input else c.unique_frames
+            self.videos[key] = profile_video(c.content, c.seed, h, w, objects, frames=frames,
+                                             input=c.input, mask=c.mask)
         return self.videos[key]
 
 
@@ -153,6 +166,7 @@ def _measure(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[st
         warmup=cfg.warmup,
         timer=ctx.timer,
         mem_every=cfg.mem_every,
+        prev_every=cfg.prev_every,
     )
     entry["seconds"] = time.perf_counter() - t0
     wall = {s: summarize(v) for s, v in run.timed("wall").items()}
@@ -165,6 +179,7 @@ def _measure(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[st
     gm = ctx.macs.gmacs(*entry["padded"], video.objects)
     entry["gmacs"] = gm
     entry["tflops"] = tflops(gm, entry["device"] or wall)
+    entry["gemm_fraction"] = gemm_fractions(entry["tflops"], ctx.gemm, cfg.precision)
     mem = host_memory()
     entry["peak_rss_mb"] = mem["peak_rss_mb"]
     if run.rss_after_warmup_mb is not None:
@@ -172,7 +187,8 @@ def _measure(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[st
     entry["peak_device_mb"] = ctx.devmem.peak_mb() if ctx.devmem is not None else None
     if run.device:
         # Without the per-stage synchronization: what a pipelined application sees.
-        quick = run_video(runner, video, frames=cfg.iters, warmup=0, mem_every=cfg.mem_every)
+        quick = run_video(runner, video, frames=cfg.iters, warmup=0, mem_every=cfg.mem_every,
+                          prev_every=cfg.prev_every)
         entry["unsynced_total_ms"] = summarize(quick.timed("wall")["total"])
     logger.info(
         f"  {label:>9} x{objects}: {wall['total']['mean']:9.2f} ms/frame "
@@ -245,7 +261,8 @@ def _long_run(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[s
     video = ctx.video(h, w, objects)
     warm = min(cfg.warmup, max(0, cfg.long - 2))
     run = run_video(
-        runner, video, frames=cfg.long, warmup=warm, timer=ctx.timer, mem_every=cfg.mem_every
+        runner, video, frames=cfg.long, warmup=warm, timer=ctx.timer, mem_every=cfg.mem_every,
+        prev_every=cfg.prev_every,
     )
     rss_end = host_memory()["rss_mb"]
     per_frame = run.wall["total"]
@@ -357,6 +374,9 @@ def run_profile(config: ProfileConfig) -> dict[str, Any]:
             config, runner, timer_for(runner), device_memory_probe(runner), MacCounter(runner)
         )
         report["model"] = _model_info(runner, config)
+        logger.info("dense GEMM rate of this machine (the reference for each stage's rate)")
+        ctx.gemm = measure_gemm(runner, config.backend, config.device, config.threads)
+        report["gemm"] = ctx.gemm
         report["timer"] = {
             "kind": ctx.timer.kind,
             "name": ctx.timer.name,
@@ -398,6 +418,7 @@ def run_profile(config: ProfileConfig) -> dict[str, Any]:
         report["videos"] = {
             "source": next(iter(ctx.videos.values())).source if ctx.videos else None,
             "unique_frames": config.unique_frames,
+            "content": "input" if config.input else config.content,
         }
     report["memory"] = {
         "peak_rss_mb": max(

@@ -252,7 +252,7 @@ def test_onnx_macs_match_torch_flops(profiled, size):
     pairs = {
         "query_encoder": ref.query_gmac,
         "memory_encoder": ref.memory_gmac,
-        "read_decoder": ref.read_decode_gmac,
+        "read_decoder": ref.read_gmac(1),
     }
     for graph, torch_gmac in pairs.items():
         assert onnx_[graph].gmacs == pytest.approx(torch_gmac, rel=0.03), graph
@@ -263,8 +263,15 @@ def test_onnx_macs_scale_with_objects(profiled):
     one = stage_macs(profiled[1], height=64, width=96, objects=1)
     three = stage_macs(profiled[1], height=64, width=96, objects=3)
     assert three["query_encoder"].macs == one["query_encoder"].macs
-    for g in ("memory_encoder", "read_decoder"):
-        assert three[g].macs == 3 * one[g].macs
+    assert three["memory_encoder"].macs == 3 * one["memory_encoder"].macs
+    # read_decoder: the affinity (object-free key bank) and the skip convolutions run once per
+    # frame, the rest per object, as the torch count says
+    two = stage_macs(profiled[1], height=64, width=96, objects=2)
+    per_object = two["read_decoder"].macs - one["read_decoder"].macs
+    assert 0 < per_object < one["read_decoder"].macs
+    assert three["read_decoder"].macs == one["read_decoder"].macs + 2 * per_object
+    ref = stage_costs("tiny", 64, 96, CAPACITY)
+    assert three["read_decoder"].gmacs == pytest.approx(ref.read_gmac(3), rel=0.03)
 
 
 def test_onnx_macs_errors(profiled):
@@ -277,3 +284,73 @@ def test_onnx_macs_errors(profiled):
         graph_macs(path, {"H": 64, "W": 96, "O": 1}).gmacs,
         stage_macs(profiled[1], height=64, width=96)["read_decoder"].gmacs,
     )
+
+
+# ------------------------------------------------------------------------------ content
+def test_profile_on_real_footage_input(profiled, tmp_path):
+    """--input VIDEO --mask PNG: the video's own size by default, its first-frame ids, and the
+    report and summary name the content measured."""
+    cv2 = pytest.importorskip("cv2")
+    from mlvos.data.synth import synth_sequence
+    from mlvos.palette import write_mask
+
+    pairs = list(synth_sequence(4, 8, 64, 96, num_objects=2))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 64))
+    for frame, _ in pairs:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    mask = tmp_path / "00000.png"
+    write_mask(mask, pairs[0][1])
+    out = tmp_path / "report"
+    base = ["profile", "--model", str(profiled[1]), "--input", str(video), "--mask", str(mask),
+            "--long", "0", "--no-plots", "--warmup", "1", "--iters", "3", "--threads", "1"]
+    out = tmp_path / "report"
+    assert mlvos([*base, "--objects", "1,2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["resolutions"] == ["64x96"]
+    assert report["videos"]["content"] == "input"
+    assert "real footage" in report["videos"]["source"] and "clip.avi" in report["videos"]["source"]
+    assert [e["objects"] for e in report["object_sweep"]] == [1, 2]
+    # more objects than the mask holds: one clear error, no report
+    assert mlvos([*base, "--objects", "5", "--out", str(tmp_path / "r2")]) == 1
+    assert not (tmp_path / "r2" / "report.json").exists()
+    # a mask without --input
+    assert mlvos(["profile", "--model", str(profiled[1]), "--mask", str(mask), "--out",
+                  str(tmp_path / "r3")]) == 1
+
+
+def test_profile_content_falls_back_without_photos(monkeypatch, tmp_path):
+    from mlvos.profiling.content import profile_video
+
+    monkeypatch.setenv("MLVOS_PHOTOS", str(tmp_path / "none"))
+    video = profile_video("natural", 0, 64, 96, 2, frames=3)
+    assert video.source.startswith("procedural frames")
+    assert len(video.frames) == 3
+
+
+def test_profile_nodes_explains_read_decoder(profiled, tmp_path):
+    """`mlvos profile nodes`: onnxruntime's per-node times of read_decoder, grouped into the
+    memory read, the decoder's per-frame and per-object parts and the aggregation."""
+    out = tmp_path / "nodes"
+    argv = ["profile", "nodes", "--model", str(profiled[1]), "--resolutions", "64x96",
+            "--objects", "1,3", "--iters", "1", "--threads", "1", "--out", str(out)]
+    assert mlvos(argv) == 0
+    report = json.loads((out / "nodes.json").read_text())
+    assert [c["objects"] for c in report["configs"]] == [1, 3]
+    for c in report["configs"]:
+        assert {"memory read", "decoder, per frame", "decoder, per object",
+                "aggregation"} <= set(c["by_part"])
+        assert c["kernel_ms"] > 0 and c["top_nodes"]
+    assert report["bank_key"][0] == 1  # tiny's object-free key bank
+    assert "| 64x96 | 3 |" in (out / "nodes.md").read_text()
+
+
+def test_report_measures_the_gemm_rate_and_each_stage_share(report):
+    gemm = report["gemm"]
+    assert gemm["error"] is None and gemm["fp32_gflops"] > 0.1
+    assert "onnxruntime MatMul" in gemm["source"]
+    entry = report["resolution_sweep"][0]
+    frac = entry["gemm_fraction"]
+    for stage in ("query_encoder", "read_decoder", "total"):
+        assert frac[stage] == pytest.approx(entry["tflops"][stage] * 1e3 / gemm["fp32_gflops"])
