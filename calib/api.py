@@ -12,11 +12,16 @@ Steps:
      check it (ONNX checker, TensorRT 10.3 op list, zero points 0);
   4. optionally (--eval-data) propagate a validation set with FP32 and INT8 and score both
      (accuracy.py);
-  5. commit: the int8 files are renamed into the export directory and manifest.json is rewritten
-     atomically with only graphs[*]["int8"] and "precisions" changed (stable JSON:
-     sorted keys, so every other entry stays byte-identical); then calibration.json.
+  5. commit, holding the manifest's lock (calibrations of one export take turns) and after
+     re-reading it (another calibration may have committed meanwhile): an int8 registration
+     being replaced is first removed from manifest.json, the int8 files are renamed into the
+     export directory, and manifest.json is rewritten atomically with only graphs[*]["int8"] and
+     "precisions" changed (stable JSON: sorted keys, so every other entry stays
+     byte-identical); then calibration.json.
 Nothing in the export directory changes before step 5 (the int8 files are staged under hidden
-temporary names there and removed on failure).
+temporary names there and removed on failure; those of a killed calibration are removed by the
+next one). A kill during step 5 leaves the old registration or none, never a manifest naming
+files it does not match.
 """
 
 from __future__ import annotations
@@ -116,7 +121,51 @@ def _load_export(export_dir: Path, force: bool) -> dict[str, Any]:
 
 
 def _stage_name(graph: str) -> str:
-    return f".calib-{os.getpid()}.{graph_file(graph, PRECISION)}"
+    # fileio's temporary naming (.NAME.<pid>.<tag>.tmp): sweep_stale removes those of a killed run
+    return f".{graph_file(graph, PRECISION)}.{os.getpid()}.staged.tmp"
+
+
+# How long a calibration waits for another one committing to the same export (a few renames).
+COMMIT_LOCK_TIMEOUT_S = 60.0
+
+
+def _commit(export_dir: Path, manifest: dict, entries: dict, staged: list[Path], force: bool):
+    """Step 5 of the module docstring: register the staged int8 graphs in the export."""
+    from mlvos.fileio import file_lock
+    from mlvos.runtime.manifest import MANIFEST_FILE
+
+    with file_lock(export_dir / MANIFEST_FILE, timeout=COMMIT_LOCK_TIMEOUT_S,
+                   what=f"the manifest of {export_dir}"):
+        current = Manifest.load(export_dir)
+        fp32 = {g: (manifest["graphs"][g]["fp32"]["sha256"],
+                    current.data["graphs"].get(g, {}).get("fp32", {}).get("sha256"))
+                for g in Graph.ALL}
+        if any(a != b for a, b in fp32.values()):
+            raise CalibError(
+                f"the FP32 graphs of {export_dir} changed while this calibration ran (re-exported "
+                "meanwhile?); nothing was registered: calibrate the new export"
+            )
+        registered = [g for g in Graph.ALL if PRECISION in current.data["graphs"].get(g, {})]
+        if registered and not force:
+            raise CalibError(
+                f"another calibration registered int8 graphs in {export_dir} while this one ran "
+                f"({', '.join(registered)}); nothing was changed: rerun with --force to replace "
+                "them"
+            )
+        if registered:
+            # The files are replaced next: a kill between the renames must not leave the old
+            # entries naming new files.
+            current.without_precision(PRECISION).write()
+        moved = []
+        try:
+            for graph, path in zip(Graph.ALL, staged, strict=True):
+                moved.append(export_dir / graph_file(graph, PRECISION))
+                os.replace(path, moved[-1])
+            current.with_precision(PRECISION, entries).write()
+        except Exception:
+            for path in moved:  # no manifest entry names them now
+                path.unlink(missing_ok=True)
+            raise
 
 
 # Why a quantizer leaves a candidate alone (appended to the generic reason).
@@ -127,6 +176,12 @@ _UNPLACED = {
     ),
     ("modelopt", "aggregation"): "; Sigmoid/ReduceProd/Log/Softmax/ArgMax are not quantized",
     ("ort", "aggregation"): "; only Conv and MatMul are quantized",
+    ("ort-cpu", "first_conv"): (
+        "; the first convolutions (3 or 1 input channels) run slower in INT8 than in FP32 on "
+        "onnxruntime CPU"
+    ),
+    ("ort-cpu", "attention"): "; the memory read (MatMul, Softmax, priors) stays FP32",
+    ("ort-cpu", "aggregation"): "; the soft aggregation stays FP32",
 }
 
 
@@ -145,6 +200,7 @@ def _plan_graph(
 
     from mlvos.calib.quantize import (
         candidate_nodes,
+        ort_cpu_kernels,
         output_error,
         quantize_model,
         quantized_nodes,
@@ -219,6 +275,8 @@ def _plan_graph(
         "candidates": candidates,
         "fp32_nodes": fp32_nodes,
         "quantized_nodes": len(quantized_nodes(model)),
+        # convolutions onnxruntime CPU runs in INT8 vs in FP32 behind DequantizeLinear
+        "ort_cpu_kernels": ort_cpu_kernels(model),
         "trials": len(trials),
     }
     return model, section
@@ -304,6 +362,9 @@ def calibrate(
     )
     export_dir, out = Path(model), Path(out)
     manifest = _load_export(export_dir, force)
+    from mlvos.fileio import reporting_disk_full, sweep_stale
+
+    sweep_stale(export_dir)  # int8 files staged by a calibration that was killed
 
     from mlvos.calib import cache
     from mlvos.calib.record import (
@@ -371,7 +432,8 @@ def calibrate(
             section["tensorrt_ops"] = f"passed (TensorRT {TENSORRT_VERSION} op list)"
             path = export_dir / _stage_name(graph)
             staged.append(path)
-            save_model(qmodel, path)
+            with reporting_disk_full(export_dir / graph_file(graph, PRECISION)):
+                save_model(qmodel, path)
             entry = graph_entry(
                 graph, PRECISION, *io_specs(qmodel), written=path, fp32_nodes=section["fp32_nodes"]
             )
@@ -385,12 +447,8 @@ def calibrate(
             accuracy = _accuracy(
                 export_dir, manifest, new.data, eval_ds, eval_names, out, mem_every, threads
             )
-        # Commit: the files (no manifest names them yet, unless --force replaces int8 graphs),
-        # then the manifest in one atomic rename.
-        for graph, path in zip(Graph.ALL, staged, strict=True):
-            os.replace(path, export_dir / graph_file(graph, PRECISION))
+        _commit(export_dir, manifest, entries, staged, force)
         staged = []
-        new.write()
     finally:
         for path in staged:
             path.unlink(missing_ok=True)
@@ -461,11 +519,16 @@ def _report(**kw) -> dict[str, Any]:
         else:
             import onnxruntime
 
+            from mlvos.runtime.spec import ORT_INT8_SESSION_CONFIG as ORT_SESSION_CONFIG
+
+            ops = "Conv+MatMul" if method == "ort" else "Conv+Relu+Add+Resize+MaxPool"
             quantizer.update(
-                api="onnxruntime.quantization.quantize_static(QDQ, Conv+MatMul, per-channel)",
+                api=f"onnxruntime.quantization.quantize_static(QDQ, {ops}, per-channel)",
                 version=onnxruntime.__version__,
                 symmetric=True,
             )
+            if method == "ort-cpu":
+                quantizer["ort_session_config"] = dict(ORT_SESSION_CONFIG)
     except ImportError:
         pass
     manifest = kw["manifest"]

@@ -4,7 +4,9 @@ The key covers everything the feeds depend on: the sha256 of the three FP32 grap
 the dataset (resolved path, split, and a hash of every listed frame's and mask's relative path,
 size and mtime), and the recording options (positions, mem_every). A cache whose key differs,
 whose files are missing or whose sha256 sums do not match is stale: it is deleted and rebuilt
-(the folder is replaced atomically, so a reader never sees a half-written cache).
+(the folder is replaced atomically, so a reader never sees a half-written cache). Calibrations
+sharing a cache take turns (`load_or_record` holds the folder's lock): the second one waits for the
+first to record, then reuses what it recorded.
 
 npz layout: key "<sample index>/<input name>" -> array (shapes differ between samples: object
 count, frame size).
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mlvos.calib.record import CalibrationData
-from mlvos.fileio import atomic_dir, sha256_file, stable_json
+from mlvos.fileio import atomic_dir, file_lock, sha256_file, stable_json
 from mlvos.logs import stamped
 from mlvos.runtime.spec import Graph
 
@@ -33,6 +35,9 @@ CACHE_FORMAT = "mlvos-calib-cache"
 # Bump when what is recorded changes (record.py), so older caches are rebuilt.
 CACHE_VERSION = 1
 META_FILE = "meta.json"
+# How long a calibration waits for another one recording into the same cache (a recording
+# propagates every calibration video: minutes on a CPU).
+LOCK_TIMEOUT_S = 3600.0
 
 
 def dataset_fingerprint(ds, names: Sequence[str]) -> str:
@@ -128,12 +133,17 @@ def load_or_record(
     key: dict[str, Any],
     produce: Callable[[], CalibrationData],
 ) -> tuple[CalibrationData, bool]:
-    """(data, reused): the cache under `key` if valid, else produce(), saved in its place."""
-    data, why = load(folder, key)
-    if data is not None:
-        logger.info(stamped(f"calibration cache {folder}: reused ({len(data)} samples)"))
-        return data, True
-    logger.info(stamped(f"calibration cache {folder}: {why}; recording"))
-    data = produce()
-    save(folder, key, data)
-    return data, False
+    """(data, reused): the cache under `key` if valid, else produce(), saved in its place.
+
+    Raises:
+        BusyError: another process held the cache for LOCK_TIMEOUT_S seconds.
+    """
+    with file_lock(folder, timeout=LOCK_TIMEOUT_S, what=f"calibration cache {folder}"):
+        data, why = load(folder, key)
+        if data is not None:
+            logger.info(stamped(f"calibration cache {folder}: reused ({len(data)} samples)"))
+            return data, True
+        logger.info(stamped(f"calibration cache {folder}: {why}; recording"))
+        data = produce()
+        save(folder, key, data)
+        return data, False

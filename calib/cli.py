@@ -53,7 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--method",
         choices=constants.METHODS,
         default=constants.DEFAULT_METHOD,
-        help="quantizer (default: %(default)s)",
+        help="quantizer: modelopt (TensorRT's Q/DQ placement), ort (onnxruntime, Conv/MatMul) "
+        "or ort-cpu (onnxruntime, placed so that onnxruntime's CPU provider runs the "
+        "convolutions in INT8: faster than FP32 there; symmetric like the others) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--calibrator",

@@ -1,10 +1,12 @@
-"""Calibration constants that the CLI needs at import time (pure Python: no numpy, onnx, torch)."""
+"""Calibration constants that the CLI needs at import time (no onnx, torch or ModelOpt)."""
 
 from __future__ import annotations
 
 # Quantizers. modelopt: NVIDIA ModelOpt ONNX PTQ (TensorRT's Q/DQ placement rules); ort:
-# onnxruntime quantize_static in QDQ format, Conv/MatMul only, symmetric (see quantize.py).
-METHODS: tuple[str, ...] = ("modelopt", "ort")
+# onnxruntime quantize_static in QDQ format, Conv/MatMul only, symmetric; ort-cpu: the same
+# quantizer with Q/DQ placed so that onnxruntime's CPU provider fuses them into INT8 kernels
+# (see quantize.py).
+METHODS: tuple[str, ...] = ("modelopt", "ort", "ort-cpu")
 DEFAULT_METHOD = "modelopt"
 # Activation range calibrators: max (|x| max over the samples) or entropy (KL divergence, clips
 # outliers; ModelOpt's int8 default). max is the default here, measured on a trained tiny model

@@ -46,6 +46,12 @@ MAX_SCALE: float = 4.0
 DEFAULT_MEM_EVERY: int = 5
 # Label maps are uint8, 0 = background, so at most 255 objects.
 MAX_OBJECT_ID: int = 255
+# onnxruntime session options of int8 graphs (calib's "ort-cpu" graphs give each consumer of a
+# quantized tensor its own Q->DQ pair, which the x86 CPU provider needs to fuse uint8 kernels;
+# common-subexpression elimination would merge them back). Harmless for other Q/DQ graphs.
+ORT_INT8_SESSION_CONFIG: dict[str, str] = {
+    "optimization.disable_specified_optimizers": "CommonSubexpressionElimination",
+}
 
 
 # Named frame sizes (height, width): profiles, sweeps and engine builds take these or "HxW".

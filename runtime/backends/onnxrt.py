@@ -20,7 +20,14 @@ import numpy as np
 from mlvos.errors import MlvosError, require
 from mlvos.runtime.backends.base import Runner, nvtx_ranges, nvtx_stage
 from mlvos.runtime.manifest import Manifest
-from mlvos.runtime.spec import FEATURE_STRIDE, Graph, Tensor, parse_device
+from mlvos.runtime.spec import (
+    FEATURE_STRIDE,
+    ORT_INT8_SESSION_CONFIG,
+    Graph,
+    Precision,
+    Tensor,
+    parse_device,
+)
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
@@ -76,6 +83,9 @@ class OrtRunner(Runner):
         # label (tests/runtime: identical masks either way).
         if flush_denormals:
             opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+        if precision == Precision.INT8:
+            for key, value in ORT_INT8_SESSION_CONFIG.items():
+                opts.add_session_config_entry(key, value)
         providers = providers or ["CPUExecutionProvider"]
         unknown = [p for p in providers if p not in ort.get_available_providers()]
         if unknown:

@@ -130,6 +130,13 @@ def test_int8_propagation_through_open_runner(calibrated, val_data):
     seq = DavisDataset(val_data)[0]
     with open_runner(export, backend="ort", precision="int8") as runner:
         assert runner.bank_dtype == np.float32
+        # the session options under which "ort-cpu" graphs keep their fused INT8 kernels
+        from mlvos.runtime.spec import ORT_INT8_SESSION_CONFIG
+
+        for sess in runner.sessions.values():
+            opts = sess.get_session_options()
+            for key, value in ORT_INT8_SESSION_CONFIG.items():
+                assert opts.get_session_config_entry(key) == value
         predictor = VideoPredictor(runner, mem_every=2)
         predictor.add_mask(0, seq.first_mask())
         labels = [predictor.step(seq.read_frame(t)) for t in range(len(seq))]
