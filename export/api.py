@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mlvos.errors import InputError
+from mlvos.errors import InputError, MlvosError
 from mlvos.export.constants import (
     DEFAULT_OPSET,
     DEFAULT_PRECISIONS,
@@ -94,6 +94,33 @@ def _attention_note(config) -> str | None:
         "between the Q.K MatMul and the Softmax: TensorRT runs the read unfused (MatMul, "
         "elementwise, Softmax, MatMul)"
     )
+
+
+def cached_export(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    precisions: Sequence[str] = DEFAULT_PRECISIONS,
+    capacity: int | None = None,
+    **options,
+) -> tuple[Path, bool]:
+    """`out` if it already holds an export of `checkpoint` (same sha256, every precision of
+    `precisions`, the same capacity when one is given; graphs added later, e.g. int8 by `mlvos
+    calib`, are kept), else export_checkpoint(checkpoint, out, precisions=..., **options) with
+    force. Returns (export directory, reused)."""
+    from mlvos.fileio import sha256_file
+
+    digest = sha256_file(checkpoint)
+    try:
+        m = Manifest.load(out)
+        same = (m.data.get("checkpoint") or {}).get("sha256") == digest
+        if same and set(precisions) <= set(m.precisions) and capacity in (None, m.capacity):
+            return Path(out), True
+    except (MlvosError, KeyError, TypeError):
+        pass
+    kwargs = {"capacity": capacity} if capacity else {}
+    return export_checkpoint(checkpoint, out, precisions=precisions, force=True, **kwargs,
+                             **options), False
 
 
 @clock()  # progress lines start with the seconds since the export began

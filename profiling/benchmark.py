@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from mlvos.errors import DatasetError, InputError, MlvosError
-from mlvos.fileio import atomic_dir, atomic_write_text, sha256_file, stable_json
+from mlvos.fileio import atomic_dir, atomic_write_text, stable_json
 from mlvos.logs import clock, stamped
 from mlvos.runtime.backends import BACKENDS
 from mlvos.runtime.spec import Graph, Precision, parse_device, parse_resolution
@@ -170,30 +170,21 @@ def ensure_export(checkpoint: str | os.PathLike, export_dir: str | os.PathLike) 
     """Export `checkpoint` (fp32 + fp16) into `export_dir`, unless an export of the same
     checkpoint (sha256) with both precisions is already there (int8 graphs added to it by
     `mlvos calib` are kept then)."""
-    from mlvos.runtime.manifest import Manifest
 
     checkpoint, export_dir = Path(checkpoint), Path(export_dir)
     if not checkpoint.is_file():
         raise InputError(f"checkpoint {checkpoint} does not exist; create one with "
                          f"`mlvos model init --variant tiny --out {checkpoint}` or train one")
-    digest = sha256_file(checkpoint)
-    try:
-        m = Manifest.load(export_dir)
-        if (m.data.get("checkpoint") or {}).get("sha256") == digest and \
-                {"fp32", "fp16"} <= set(m.precisions):
-            logger.info(stamped(f"reusing export {export_dir} of {checkpoint}"))
-            return export_dir
-    except MlvosError:
-        pass
     from mlvos.errors import require
 
     api = require("mlvos.export.api", "export", "exporting --checkpoint for the benchmark")
-    logger.info(stamped(f"exporting {checkpoint} -> {export_dir} (fp32, fp16)"))
     # As `mlvos demo`: per-graph gates; the end-to-end comparison of an untrained or briefly
     # trained model is decided by near ties that any rounding flips, so it is reported only.
-    api.export_checkpoint(checkpoint, export_dir, precisions=("fp32", "fp16"), force=True,
-                          gate_end_to_end=False)
-    return export_dir
+    path, reused = api.cached_export(checkpoint, export_dir, precisions=("fp32", "fp16"),
+                                     gate_end_to_end=False)
+    logger.info(stamped(f"{'reusing' if reused else 'exported'} export {export_dir} of "
+                        f"{checkpoint}"))
+    return Path(path)
 
 
 def _load_manifest(model: str | os.PathLike):

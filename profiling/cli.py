@@ -235,28 +235,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _ensure_export(checkpoint: str, export_dir: str, precision: str, capacity: int | None) -> str:
     """Export `checkpoint` into `export_dir` unless a matching export is already there."""
-    from mlvos.fileio import sha256_file
-    from mlvos.runtime.manifest import Manifest, ManifestError
+    from mlvos.errors import require
     from mlvos.runtime.spec import DEFAULT_CAPACITY
 
-    capacity = capacity or DEFAULT_CAPACITY
-    digest = sha256_file(checkpoint)
-    try:
-        m = Manifest.load(export_dir)
-        same = m.data["checkpoint"]["sha256"] == digest and m.capacity == capacity
-        if same and precision in m.precisions:
-            print(f"reusing export {export_dir} of {checkpoint}")
-            return export_dir
-    except (ManifestError, KeyError, TypeError):
-        pass
-    from mlvos.errors import require
-
     api = require("mlvos.export.api", "export", "exporting --checkpoint for --backend ort")
+    capacity = capacity or DEFAULT_CAPACITY
     precisions = ("fp32",) if precision == "fp32" else ("fp32", precision)
-    print(f"exporting {checkpoint} -> {export_dir} ({', '.join(precisions)}, capacity {capacity})")
-    api.export_checkpoint(
-        checkpoint, export_dir, capacity=capacity, precisions=precisions, force=True
-    )
+    print(f"exporting {checkpoint} -> {export_dir} ({', '.join(precisions)}, capacity "
+          f"{capacity}), unless an export of it is there")
+    _, reused = api.cached_export(checkpoint, export_dir, precisions=precisions,
+                                  capacity=capacity)
+    if reused:
+        print(f"reusing export {export_dir} of {checkpoint}")
     return export_dir
 
 
