@@ -105,7 +105,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--long", type=int, default=200, help="frames of the long run (0 = skip; default 200)"
     )
-    p.add_argument("--warmup", type=int, default=3, help="discarded frames (default 3)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="discarded frames (default: as many as fill the memory bank, e.g. 21 at "
+                   "capacity 6 and --mem-every 5, so that timed frames read a full bank as in a "
+                   "long video)")
     p.add_argument("--iters", type=int, default=20, help="timed frames per config (default 20)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (ORT intra-op, torch)")
     p.add_argument(

@@ -77,7 +77,7 @@ class ProfileConfig:
     objects: tuple[int, ...] = (1, 2, 4)
     memory: tuple[int, ...] | None = None  # valid slots; None = 1..capacity
     long: int = 200
-    warmup: int = 3
+    warmup: int | None = 3  # None: until the memory bank is full (steady_warmup)
     iters: int = 20
     threads: int | None = None
     seed: int = 0
@@ -98,7 +98,7 @@ class ProfileConfig:
             raise InputError("give at least one resolution (--resolutions 480p)")
         if not self.objects or any(k < 1 for k in self.objects):
             raise InputError(f"object counts must be >= 1, got {list(self.objects)}")
-        if self.warmup < 0 or self.iters < 1 or self.long < 0:
+        if (self.warmup is not None and self.warmup < 0) or self.iters < 1 or self.long < 0:
             raise InputError("need --warmup >= 0, --iters >= 1 and --long >= 0")
         if self.unique_frames < 2:
             raise InputError("unique_frames must be >= 2")
@@ -106,6 +106,15 @@ class ProfileConfig:
             raise InputError(f"--input {self.input}: no such file or folder")
         if self.mask is not None and not Path(self.mask).is_file():
             raise InputError(f"--mask {self.mask}: no such file")
+
+
+def steady_warmup(config: ProfileConfig, capacity: int) -> int:
+    """Discarded frames: config.warmup, or (None) as many as fill the memory bank, so that every
+    timed frame reads a full bank as a long video does (the annotated frame, capacity - 2
+    periodic frames, the previous frame)."""
+    if config.warmup is not None:
+        return config.warmup
+    return max(1, (capacity - 2) * config.mem_every + 1)
 
 
 @dataclass
@@ -124,7 +133,8 @@ class _Context:
             self.videos.clear()  # one at a time: 1080p frames are 6 MB each
             c = self.config
             # real footage: as many distinct frames as a configuration times (cycled beyond)
-            frames = max(c.unique_frames, 1 + c.warmup + c.iters) if c.input else c.unique_frames
+            warm = steady_warmup(c, self.runner.capacity)
+            frames = max(c.unique_frames, 1 + warm + c.iters) if c.input else c.unique_frames
             self.videos[key] = profile_video(c.content, c.seed, h, w, objects, frames=frames,
                                              input=c.input, mask=c.mask)
         return self.videos[key]
@@ -162,8 +172,8 @@ def _measure(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[st
     run = run_video(
         runner,
         video,
-        frames=cfg.warmup + cfg.iters,
-        warmup=cfg.warmup,
+        frames=steady_warmup(cfg, runner.capacity) + cfg.iters,
+        warmup=steady_warmup(cfg, runner.capacity),
         timer=ctx.timer,
         mem_every=cfg.mem_every,
         prev_every=cfg.prev_every,
@@ -217,7 +227,7 @@ def _memory_sweep(ctx: _Context, label: str, h: int, w: int, objects: int) -> di
         return {**result, "skipped": why}
     video = ctx.video(h, w, objects)
     times = time_read_decode(
-        runner, video, slots=slots, warmup=max(1, cfg.warmup), iters=cfg.iters, timer=ctx.timer
+        runner, video, slots=slots, warmup=max(1, cfg.warmup or 3), iters=cfg.iters, timer=ctx.timer
     )
     gm = ctx.macs.gmacs(*result["padded"], video.objects)
     points = []
@@ -259,7 +269,7 @@ def _long_run(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[s
     if why:
         return {**result, "skipped": why}
     video = ctx.video(h, w, objects)
-    warm = min(cfg.warmup, max(0, cfg.long - 2))
+    warm = min(steady_warmup(cfg, runner.capacity), max(0, cfg.long - 2))
     run = run_video(
         runner, video, frames=cfg.long, warmup=warm, timer=ctx.timer, mem_every=cfg.mem_every,
         prev_every=cfg.prev_every,
@@ -393,7 +403,8 @@ def run_profile(config: ProfileConfig) -> dict[str, Any]:
                 f"{static[0]}x{static[1]}, or export with dynamic H/W"
             )
         logger.info(
-            f"resolution sweep ({base_objects} object(s), {config.warmup} warm-up + "
+            f"resolution sweep ({base_objects} object(s), "
+            f"{steady_warmup(config, runner.capacity)} warm-up + "
             f"{config.iters} timed frames each)"
         )
         report["resolution_sweep"] = [_measure(ctx, lab, h, w, base_objects) for lab, h, w in res]
