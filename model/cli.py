@@ -52,8 +52,8 @@ def register_model(sub: argparse._SubParsersAction) -> None:
 
     info = msub.add_parser("info", help="parameters and GMACs per stage for each variant")
     info.add_argument("--variant", nargs="*", default=None, help="variants (default: all)")
-    info.add_argument("--height", type=int, default=480)
-    info.add_argument("--width", type=int, default=864)
+    info.add_argument("--height", type=int, default=480, help="frame height (default 480)")
+    info.add_argument("--width", type=int, default=864, help="frame width (default 864)")
     info.add_argument("--capacity", type=int, default=None, help="memory slots for the read cost")
     info.add_argument("--objects", type=int, default=1, help="objects for the per-frame total")
     info.set_defaults(func=main_info)
@@ -61,9 +61,10 @@ def register_model(sub: argparse._SubParsersAction) -> None:
     init = msub.add_parser(
         "init", help="write a seeded, untrained (or ImageNet-initialized) checkpoint"
     )
-    init.add_argument("--variant", required=True)
+    init.add_argument("--variant", required=True, help="registry name: tiny, paper or stm-r50")
     init.add_argument("--out", required=True, help="checkpoint path to write")
-    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--seed", type=int, default=0,
+                      help="seed of the random initialization (default 0)")
     init.add_argument(
         "--imagenet-weights",
         default=None,
@@ -254,7 +255,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     dm = psub.add_parser("demo", help="train the tiny demo model on synthetic data (cached)")
     dm.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write")
     dm.add_argument("--minutes", type=float, default=4.0, help="training time (default 4)")
-    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--seed", type=int, default=0, help="seed of the recipe's runs (default 0)")
     dm.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     dm.add_argument("--force", action="store_true", help="retrain even if --out is cached")
     dm.add_argument("--photos", default=None, metavar="DIR",
@@ -322,10 +323,11 @@ def register_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sequences", nargs="*", default=None, help="subset of sequences (default: all)"
     )
-    p.add_argument("--resolution", default="480p")
+    p.add_argument("--resolution", default="480p",
+                   help="DAVIS resolution folder of --data (default 480p)")
     p.add_argument("--capacity", type=int, default=None, help="memory slots (default from spec)")
     p.add_argument("--mem-every", type=int, default=None, help="permanent memory period")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     add_read_prior_arguments(p)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=main_infer)

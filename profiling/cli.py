@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="export cache for --checkpoint (default: CHECKPOINT's folder/<name>-export)",
     )
     p.add_argument("--out", help="report folder (report.json, *.csv, *.png)")
-    p.add_argument("--backend", choices=BACKENDS, default="ort")
+    p.add_argument("--backend", choices=BACKENDS, default="ort",
+                   help="ort (onnxruntime, default), trt (TensorRT engines) or torch")
     p.add_argument(
         "--precision", default=None, choices=Precision.GRAPHS,
         help="graph precision (as exported); default: fp16 on trt, fp32 on ort and torch")

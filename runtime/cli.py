@@ -33,7 +33,8 @@ def register_engine(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", required=True, help="export directory (with manifest.json)")
-    p.add_argument("--precision", choices=ENGINE_PRECISIONS, default="fp16")
+    p.add_argument("--precision", choices=ENGINE_PRECISIONS, default="fp16",
+                   help="engine precision, as exported (default fp16)")
     p.add_argument(
         "--resolution", default=None, metavar="R",
         help="largest frame: 480p, 720p, 1080p, 4k or HxW (sets --max-height/--max-width; "
@@ -155,7 +156,8 @@ def register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="split of --data (val)")
     p.add_argument("--out", required=True,
                    help="output folder for the PNG masks (with --input: a run folder, above)")
-    p.add_argument("--backend", choices=BACKENDS, default="ort")
+    p.add_argument("--backend", choices=BACKENDS, default="ort",
+                   help="ort (onnxruntime, default), trt (TensorRT engines) or torch")
     p.add_argument(
         "--precision", default=None, choices=ENGINE_PRECISIONS,
         help="graph precision (as exported); default: fp16 on trt (as `mlvos engine`), fp32 on "

@@ -65,3 +65,24 @@ def test_cli_logs_info_to_stdout_and_warnings_to_stderr(capsys, caplog):
     with contextlib.redirect_stdout(io.StringIO()) as buf:
         progress.info("redirected line")
     assert buf.getvalue() == "redirected line\n" and capsys.readouterr().out == ""
+
+
+def test_every_option_of_every_command_has_help():
+    """`mlvos <cmd> --help` explains every option (defaults and choices included)."""
+    import argparse
+
+    from mlvos.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif action.option_strings and not isinstance(action, argparse._HelpAction):
+                if not action.help:
+                    missing.append(f"{' '.join(path)} {action.option_strings[0]}")
+
+    walk(build_parser(), ["mlvos"])
+    assert not missing, missing
