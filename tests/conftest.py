@@ -84,8 +84,8 @@ def decisive_tiny():
             for level in model.memory_encoder.backbone.levels:
                 for conv in level.down.extra_convs:
                     conv.weight.mul_(300.0)
-            model.decoder.pred.weight.mul_(60.0)
-            model.decoder.pred.bias.mul_(60.0)
+            model.decoder.pred.weight.mul_(20.0)
+            model.decoder.pred.bias.mul_(20.0)
         return model.eval()
 
     return make

@@ -41,7 +41,9 @@ SIZE = (200, 360)  # frame size of the test videos (padded to 224x384 at stride 
 FRAMES = 12
 IOU_MIN = 0.99  # fp32 engines vs onnxruntime fp32, min object IoU per frame
 MARGIN = 0.1  # fp16: a pixel is decided when fp32's top two probabilities differ by more
-DECIDED_MIN = 0.2  # ... and at least this share of the pixels must be decided
+# ... and at least this share of the pixels must be decided (with exactly the ground truth in
+# memory the decisive test model decides ~5 % of the pixels by MARGIN: ~50k on this video)
+DECIDED_MIN = 0.03
 FLIPS_MAX = 1e-3  # ... of which at most this share may change label
 
 
