@@ -83,16 +83,23 @@ def _attention(
     scores = torch.matmul(q, k.transpose(1, 2))  # (G, hw, Thw)
     logits = scores + bias
     if kernel:
-        # Each memory position's best query position, from the transposed affinity (Thw, hw):
-        # its ArgMax runs along the contiguous last axis. Along the query axis of (hw, Thw) it
-        # was a strided reduction, 44 % of read_decoder at 1080p; the second MatMul is cheap.
-        affinity_t = torch.matmul(k, q.transpose(1, 2))  # (G, Thw, hw)
-        if similarity == "l2":
-            # The argmax runs over query positions, so the query-only term -|q|^2 / sqrt(Ck)
-            # that the softmax cancels counts here (-|k|^2 is constant along that axis).
-            q2 = (query_key * query_key).sum(1).flatten(1).unsqueeze(1)  # (G, 1, hw)
-            affinity_t = affinity_t - q2 * (1.0 / math.sqrt(ck))
-        best = affinity_t.argmax(dim=-1)  # (G, Thw) int64, flat index row * w + col
+        # The argmax runs over query positions, so the query-only term -|q|^2 / sqrt(Ck) that
+        # the softmax cancels counts here (-|k|^2 is constant along that axis).
+        q2 = (query_key * query_key).sum(1).flatten(1) * (1.0 / math.sqrt(ck))  # (G, hw)
+        if torch.is_grad_enabled():
+            # training: the computation the recipes were measured with (bf16 rounding of a
+            # second MatMul would change their trajectories)
+            affinity = scores - q2.unsqueeze(-1) if similarity == "l2" else scores
+            best = affinity.argmax(dim=1)  # (G, Thw) int64, flat index row * w + col
+        else:
+            # inference and export: each memory position's best query position from the
+            # transposed affinity (Thw, hw), whose ArgMax runs along the contiguous last axis;
+            # along the query axis of (hw, Thw) it was a strided reduction, 44 % of
+            # read_decoder at 1080p. Same values, same argmax (natural set: identical masks).
+            affinity_t = torch.matmul(k, q.transpose(1, 2))  # (G, Thw, hw)
+            if similarity == "l2":
+                affinity_t = affinity_t - q2.unsqueeze(1)
+            best = affinity_t.argmax(dim=-1)
         logits = logits + kernel_log_prior(best, h, w, kernel).to(logits.dtype)
     if topk:
         logits = keep_topk(logits, topk)
