@@ -100,7 +100,7 @@ def _attention(
             if similarity == "l2":
                 affinity_t = affinity_t - q2.unsqueeze(1)
             best = affinity_t.argmax(dim=-1)
-        logits = logits + kernel_log_prior(best, h, w, kernel).to(logits.dtype)
+        logits = logits + kernel_log_prior(best, h, w, kernel).to(scores.dtype)
     if topk:
         logits = keep_topk(logits, topk)
     return torch.softmax(logits, dim=-1)
