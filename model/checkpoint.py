@@ -131,6 +131,15 @@ def _check_seal(path: Path) -> bool:
     return True
 
 
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    detail = str(e).splitlines()[0] if str(e) else ""
+    return CheckpointError(
+        f"{path} is not a readable checkpoint (truncated or not a torch file; "
+        f"{type(e).__name__}: {detail[:200]}). Re-create it with `mlvos model init` or "
+        "`mlvos train`"
+    )
+
+
 def _zip_check(path: Path) -> None:
     """An unsealed file: check its zip structure and every record's CRC32 before torch.load (a
     truncated file has no zip end record left, a flipped bit fails its record's CRC)."""
@@ -138,12 +147,7 @@ def _zip_check(path: Path) -> None:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except Exception as e:  # BadZipFile, zlib.error, EOFError, OSError, ...
-        detail = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or not a torch file; "
-            f"{type(e).__name__}: {detail[:200]}). Re-create it with `mlvos model init` or "
-            "`mlvos train`"
-        ) from None
+        raise _unreadable(path, e) from None
     if bad is not None:
         raise CheckpointError(
             f"{path} is corrupted (its record {bad} fails its CRC32 check), so it was not "
@@ -168,12 +172,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError, ...
-        detail = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or not a torch file; "
-            f"{type(e).__name__}: {detail[:200]}). Re-create it with `mlvos model init` or "
-            "`mlvos train`"
-        ) from None
+        raise _unreadable(path, e) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a torch file but not an mlvos checkpoint (no format={FORMAT!r} entry); "

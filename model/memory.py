@@ -56,19 +56,29 @@ def memory_read(
         # an object-free key bank (shared keys): one affinity for all objects
         return shared_memory_read(query_key, bank_key, bank_value, bank_valid, similarity,
                                   topk=topk, kernel=kernel)
-    o, t, ck, h, w = bank_key.shape
+    o, t, _, h, w = bank_key.shape
     cv = bank_value.shape[2]
-    scale = (2.0 if similarity == "l2" else 1.0) / math.sqrt(ck)
-    q = (query_key * scale).flatten(2).transpose(1, 2)  # (O, hw, Ck)
-    k = bank_key.permute(0, 1, 3, 4, 2).reshape(o, t * h * w, ck)  # (O, Thw, Ck)
+    q, k, bias = _query_keys_bias(query_key, bank_key, bank_valid, similarity)
     v = bank_value.permute(0, 1, 3, 4, 2).reshape(o, t * h * w, cv)  # (O, Thw, Cv)
-    bias = ((1.0 - bank_valid) * INVALID_SLOT_BIAS).to(q.dtype)  # (O, T)
-    bias = bias.unsqueeze(-1).expand(o, t, h * w).reshape(o, 1, t * h * w)
-    if similarity == "l2":
-        bias = bias - (k * k).sum(-1).unsqueeze(1) * (1.0 / math.sqrt(ck))
     attn = _attention(q, k, bias, query_key, h, w, similarity, topk, kernel)  # (O, hw, Thw)
     out = torch.matmul(attn, v)  # (O, hw, Cv)
     return out.transpose(1, 2).reshape(o, cv, h, w)
+
+
+def _query_keys_bias(query_key: torch.Tensor, bank_key: torch.Tensor, valid: torch.Tensor,
+                     similarity: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention's operands for G key rows: q (G, hw, Ck) scaled, k (G, Thw, Ck) and the
+    additive bias (G, 1, Thw): the empty-slot bias of `valid` (G, T), minus |k|^2 / sqrt(Ck)
+    for the L2 affinity."""
+    g, t, ck, h, w = bank_key.shape
+    scale = (2.0 if similarity == "l2" else 1.0) / math.sqrt(ck)
+    q = (query_key * scale).flatten(2).transpose(1, 2)
+    k = bank_key.permute(0, 1, 3, 4, 2).reshape(g, t * h * w, ck)
+    bias = ((1.0 - valid) * INVALID_SLOT_BIAS).to(q.dtype)
+    bias = bias.unsqueeze(-1).expand(g, t, h * w).reshape(g, 1, t * h * w)
+    if similarity == "l2":
+        bias = bias - (k * k).sum(-1).unsqueeze(1) * (1.0 / math.sqrt(ck))
+    return q, k, bias
 
 
 def _attention(
@@ -141,16 +151,11 @@ def shared_memory_read(
     Returns:
         (O, Cv, h, w) memory readout.
     """
-    _, t, ck, h, w = bank_key.shape
+    _, t, _, h, w = bank_key.shape
     o, _, cv = bank_value.shape[:3]
-    scale = (2.0 if similarity == "l2" else 1.0) / math.sqrt(ck)
-    q = (query_key * scale).flatten(2).transpose(1, 2)  # (1, hw, Ck)
-    k = bank_key.permute(0, 1, 3, 4, 2).reshape(1, t * h * w, ck)  # (1, Thw, Ck)
+    # the slots filled for any object; each object's own are applied after the softmax
     any_valid = bank_valid.amax(dim=0, keepdim=True)  # (1, T)
-    bias = ((1.0 - any_valid) * INVALID_SLOT_BIAS).to(q.dtype)
-    bias = bias.unsqueeze(-1).expand(1, t, h * w).reshape(1, 1, t * h * w)
-    if similarity == "l2":
-        bias = bias - (k * k).sum(-1).unsqueeze(1) * (1.0 / math.sqrt(ck))
+    q, k, bias = _query_keys_bias(query_key, bank_key, any_valid, similarity)
     attn = _attention(q, k, bias, query_key, h, w, similarity, topk, kernel)  # (1, hw, Thw)
     valid = bank_valid.to(bank_value.dtype)  # (O, T)
     # (1, Thw, O*Cv + O): slot-major rows, the objects' values side by side, then each object's

@@ -45,7 +45,14 @@ from mlvos.errors import DatasetError, InputError, MlvosError
 from mlvos.fileio import atomic_dir, atomic_write_text, stable_json
 from mlvos.logs import clock, stamped
 from mlvos.runtime.backends import BACKENDS
-from mlvos.runtime.spec import Graph, Precision, parse_device, parse_resolution
+from mlvos.runtime.spec import (
+    Graph,
+    Precision,
+    parse_device,
+    parse_resolution,
+    resize_bilinear,
+    resize_nearest,
+)
 
 __all__ = [
     "BENCHMARK_FORMAT",
@@ -311,25 +318,16 @@ def _timing_clip(config: BenchmarkConfig, names: list[str], out: Path) -> dict[s
     frames = []
     for t in order:
         if t not in cache:
-            cache[t] = _resize(seq.read_frame(t), h, w, nearest=False)
+            cache[t] = resize_bilinear(seq.read_frame(t), h, w)
         frames.append(cache[t])
     np.save(out / "frames.npy", np.stack(frames))
-    np.save(out / "label.npy", _resize(first, h, w, nearest=True))
+    np.save(out / "label.npy", resize_nearest(first, h, w))
     if len(keep) < config.objects:
         logger.warning(f"no first mask of {config.data} has {config.objects} objects; timing "
                        f"with {len(keep)} ({name})")
     return {"resolution": label, "height": h, "width": w, "objects": len(keep),
             "sequence": name, "source": str(config.data), "warmup": config.warmup,
             "iters": config.iters}
-
-
-def _resize(a: np.ndarray, h: int, w: int, *, nearest: bool) -> np.ndarray:
-    if a.shape[:2] == (h, w):
-        return a
-    from PIL import Image
-
-    mode = Image.NEAREST if nearest else Image.BILINEAR
-    return np.asarray(Image.fromarray(a).resize((w, h), mode))
 
 
 def _run_row(spec: dict[str, Any], work: Path, timeout_s: float) -> Row:

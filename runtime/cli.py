@@ -265,7 +265,7 @@ def main_run(args: argparse.Namespace) -> int:
     from mlvos.runtime.backends import DEFAULT_PRECISION
     from mlvos.runtime.predictor import VideoPredictor
     from mlvos.runtime.run_folder import RunFolder
-    from mlvos.runtime.spec import DEFAULT_MEM_EVERY, MAX_OBJECT_ID, TIMED_STAGES, parse_device
+    from mlvos.runtime.spec import DEFAULT_MEM_EVERY, TIMED_STAGES, parse_device
     from mlvos.runtime.video_io import ContactSheet, FrameSource, OverlayWriter, draw_overlay
 
     args.precision = args.precision or DEFAULT_PRECISION[args.backend]
@@ -332,7 +332,7 @@ def main_run(args: argparse.Namespace) -> int:
                 locality=args.locality,
             )
             objects = sorted({i for _, ids in annotations.values() for i in ids})
-            limit = min(getattr(runner, "max_objects", MAX_OBJECT_ID), MAX_OBJECT_ID)
+            limit = pred.max_objects  # checked here too: before anything is written
             if len(objects) > limit:
                 raise InputError(
                     f"the annotations hold {len(objects)} objects ({objects}) but this "
