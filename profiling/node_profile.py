@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 
 from mlvos.runtime.manifest import Manifest
-from mlvos.runtime.spec import Graph, padded_size, parse_resolution, resolve_shape
+from mlvos.runtime.spec import (
+    ORT_CPU_SESSION_CONFIG,
+    Graph,
+    padded_size,
+    parse_resolution,
+    resolve_shape,
+)
 from mlvos.runtime.spec import Tensor as T
 
 logger = logging.getLogger(__name__)
@@ -78,6 +84,8 @@ def profile_nodes(export_dir: str | os.PathLike, *, resolutions: list[str], obje
                 if threads:
                     opts.intra_op_num_threads = threads
                 opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+                for key, value in ORT_CPU_SESSION_CONFIG.items():  # as the runtime's sessions
+                    opts.add_session_config_entry(key, value)
                 opts.enable_profiling = True
                 opts.profile_file_prefix = str(Path(tmp) / "rd")
                 sess = ort.InferenceSession(str(info.path), opts,

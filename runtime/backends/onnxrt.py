@@ -22,6 +22,7 @@ from mlvos.runtime.backends.base import Runner, nvtx_ranges, nvtx_stage
 from mlvos.runtime.manifest import Manifest
 from mlvos.runtime.spec import (
     FEATURE_STRIDE,
+    ORT_CPU_SESSION_CONFIG,
     ORT_INT8_SESSION_CONFIG,
     Graph,
     Precision,
@@ -83,6 +84,8 @@ class OrtRunner(Runner):
         # label (tests/runtime: identical masks either way).
         if flush_denormals:
             opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+        for key, value in ORT_CPU_SESSION_CONFIG.items():
+            opts.add_session_config_entry(key, value)
         if precision == Precision.INT8:
             for key, value in ORT_INT8_SESSION_CONFIG.items():
                 opts.add_session_config_entry(key, value)

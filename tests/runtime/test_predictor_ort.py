@@ -61,6 +61,16 @@ def test_flushing_denormals_changes_no_mask(export_dir):
     assert all((a == b).all() for a, b in zip(slow, fast))
 
 
+def test_sessions_do_not_spin_between_graphs(export_dir):
+    # Three sessions run one after the other per frame: threads left spinning by one took cores
+    # from the next (1.5x slower frames on a 2-core CPU). Every session, every precision.
+    with open_runner(export_dir, backend="ort") as runner:
+        for graph, sess in runner.sessions.items():
+            opts = sess.get_session_options()
+            assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0", graph
+            assert opts.get_session_config_entry("session.set_denormal_as_zero") == "1", graph
+
+
 def test_query_encoder_runs_once_per_frame(export_dir):
     # tiny's memory graph takes the frame's query key: the predictor hands over the query it
     # already computed, and only the annotated first frame (no read) is encoded for it.
