@@ -12,7 +12,8 @@ Public API (imported lazily, so `import mlvos.calib` needs neither onnx nor Mode
               force, ...)  -> report dict (calibration.json)
 
 Modules: record (recording runner, sample selection), cache (npz cache and its key), quantize
-(quantizers, FP32 candidates, error metric), accuracy (J&F report), api, options, errors, cli.
+(quantizers, FP32 candidates, error metric), ort_cpu (the "ort-cpu" Q/DQ placement for
+onnxruntime's CPU kernels), accuracy (J&F report), api, options, errors, cli.
 """
 
 from __future__ import annotations

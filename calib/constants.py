@@ -5,7 +5,7 @@ from __future__ import annotations
 # Quantizers. modelopt: NVIDIA ModelOpt ONNX PTQ (TensorRT's Q/DQ placement rules); ort:
 # onnxruntime quantize_static in QDQ format, Conv/MatMul only, symmetric; ort-cpu: the same
 # quantizer with Q/DQ placed so that onnxruntime's CPU provider fuses them into INT8 kernels
-# (see quantize.py).
+# (see ort_cpu.py).
 METHODS: tuple[str, ...] = ("modelopt", "ort", "ort-cpu")
 DEFAULT_METHOD = "modelopt"
 # Activation range calibrators: max (|x| max over the samples) or entropy (KL divergence, clips

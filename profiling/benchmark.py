@@ -13,11 +13,11 @@ where it and a GPU are usable), each with:
 - memory: peak RSS of the row's process after loading and the timed run (before the J&F pass),
   and peak device memory where the backend reports it.
 
-Every row runs in a fresh subprocess (`python -m mlvos.profiling.benchmark SPEC RESULT`), so
-one backend's allocations and imports never count in another's peak memory. Rows that cannot
-run (a precision the export lacks, TensorRT without a GPU) are rows too, with the reason and
-the command that fixes it. Outputs: a markdown table (markdown_table), and table.md, table.csv
-and table.json (write_tables, each written atomically).
+Every row runs in a fresh subprocess (`python -m mlvos.profiling.benchmark SPEC RESULT`: the
+worker, benchmark_worker.py), so one backend's allocations and imports never count in another's
+peak memory. Rows that cannot run (a precision the export lacks, TensorRT without a GPU) are
+rows too, with the reason and the command that fixes it. Outputs: a markdown table
+(markdown_table), and table.md, table.csv and table.json (write_tables, each written atomically).
 
 numpy only at import time; the backends, torch and the data readers are imported by the worker.
 """
@@ -29,21 +29,20 @@ import json
 import logging
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlvos.errors import DatasetError, InputError, MlvosError
-from mlvos.fileio import atomic_dir, atomic_write_text, stable_json
+from mlvos.errors import DatasetError, InputError
+from mlvos.fileio import atomic_write_text, stable_json
 from mlvos.logs import clock, stamped
+from mlvos.profiling.benchmark_worker import files_mb, worker_main
 from mlvos.runtime.backends import BACKENDS
 from mlvos.runtime.spec import (
     Graph,
@@ -218,10 +217,6 @@ def _check_data(data: str | os.PathLike, split: str) -> list[str]:
 
 
 # -------------------------------------------------------------------------------- rows
-def _mb(paths: list[Path]) -> float:
-    return sum(p.stat().st_size for p in paths) / 1e6
-
-
 def _plan(config: BenchmarkConfig, manifest) -> list[Row | dict[str, Any]]:
     """Rows to run (dicts: worker specs) and rows that cannot run (Row, status "skipped")."""
     kind, index = parse_device(config.device)
@@ -246,7 +241,7 @@ def _plan(config: BenchmarkConfig, manifest) -> list[Row | dict[str, Any]]:
                 plan.append(Row("torch", p, "skipped", f"{export} holds no checkpoint file; "
                                 "re-export it with `mlvos export`"))
             else:
-                plan.append(spec("torch", p, config.device, _mb([ckpt])))
+                plan.append(spec("torch", p, config.device, files_mb([ckpt])))
     if "ort" in config.backends:
         for p in (p for p in Precision.GRAPHS if p in config.precisions):
             if importlib.util.find_spec("onnxruntime") is None:
@@ -254,7 +249,7 @@ def _plan(config: BenchmarkConfig, manifest) -> list[Row | dict[str, Any]]:
                                 "onnxruntime is not installed: pip install 'mlvos[ort]'"))
             elif p in have:
                 files = [manifest.graph(g, p, verify=False).path for g in Graph.ALL]
-                plan.append(spec("ort", p, config.device, _mb(files)))
+                plan.append(spec("ort", p, config.device, files_mb(files)))
             else:
                 plan.append(Row("ort", p, "skipped", _absent(p, manifest)))
     if "trt" in config.backends:
@@ -352,135 +347,6 @@ def _run_row(spec: dict[str, Any], work: Path, timeout_s: float) -> Row:
     result = json.loads(result_path.read_text())
     row = Row(**{**asdict(row), **result, "seconds": row.seconds})
     return row
-
-
-# ------------------------------------------------------------------------------ worker
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0  # bytes vs KiB
-
-
-def _device_used_mb(device: str) -> float | None:
-    """Device memory in use on a CUDA `device` (cudaMemGetInfo: total - free), None on the CPU
-    or without cuda-python. Never raises: the column is informative."""
-    kind, index = parse_device(device)
-    if kind != "cuda":
-        return None
-    try:
-        from mlvos.runtime.backends.cuda_mem import check, cudart
-
-        rt = cudart()
-        check(rt.cudaSetDevice(index), "cudaSetDevice")
-        free, total = check(rt.cudaMemGetInfo(), "cudaMemGetInfo")
-        return (int(total) - int(free)) / 2**20
-    except (MlvosError, ImportError, AttributeError):
-        return None
-
-
-def _bar(total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="frame", leave=False, disable=None)
-
-
-def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
-    """The worker: open one runner, time it, then score it; Row fields as a dict.
-
-    Runs in the row's own process (see _run_row), so ru_maxrss is this row's peak.
-    """
-    from mlvos.data.datasets import DavisDataset
-    from mlvos.data.evaluate import EvalResult, evaluate_sequence
-    from mlvos.profiling.measure import SyntheticVideo, run_video, summarize
-    from mlvos.profiling.probes import device_memory_probe, timer_for
-    from mlvos.runtime.backends import open_runner
-    from mlvos.runtime.predictor import VideoPredictor
-
-    backend, precision = spec["backend"], spec["precision"]
-    if backend == "torch" and spec.get("threads"):
-        import torch
-
-        torch.set_num_threads(spec["threads"])
-    work = Path(spec["work"])
-    frames = np.load(work / "frames.npy")
-    first = np.load(work / "label.npy")
-    video = SyntheticVideo(list(frames), first, int(len(np.unique(first)) - 1), "benchmark")
-    ds = DavisDataset(spec["data"], split=spec["split"])
-    names = ds.sequences[: spec["sequences"]] if spec["sequences"] else ds.sequences
-    lengths = {n: min(len(ds[n]), spec["max_frames"] or len(ds[n])) for n in names}
-    out: dict[str, Any] = {"status": "ok"}
-    # Before the runner: the CUDA context that this first call may create is not the runner's.
-    device_before = _device_used_mb(spec["device"])
-    t0 = time.perf_counter()
-    with open_runner(spec["model"], backend=backend, precision=precision,
-                     device=spec["device"], threads=spec.get("threads")) as runner:
-        out["load_s"] = time.perf_counter() - t0
-        bar = _bar(len(frames) + sum(lengths.values()), f"{backend} {precision}")
-        run = run_video(runner, video, frames=len(frames) - 1, warmup=spec["warmup"],
-                        timer=timer_for(runner))
-        bar.update(len(frames))
-        total = summarize(run.timed("wall")["total"])
-        out.update(p50_ms=total["p50"], p90_ms=total["p90"], fps=total["fps"],
-                   peak_rss_mb=_peak_rss_mb())
-        out["details"] = {"timing": total, "timer": timer_for(runner).name}
-        probe = device_memory_probe(runner)
-        if probe is not None:  # the backend's own peak (torch: max_memory_allocated)
-            out["peak_device_mb"] = probe.peak_mb()
-            out["details"]["device_memory"] = "peak allocated, the backend's own probe"
-        elif device_before is not None and (after := _device_used_mb(spec["device"])):
-            # TensorRT and onnxruntime-gpu allocate up front (engines, arenas, the bank): what
-            # the runner holds after the timed run is its footprint.
-            out["peak_device_mb"] = after - device_before
-            out["details"]["device_memory"] = "in use after the timed run (cudaMemGetInfo)"
-        results = []
-        for name in names:
-            seq = ds[name]
-            predictor = VideoPredictor(runner)
-            predictor.add_mask(0, seq.first_mask())
-            pred = []
-            for i in range(lengths[name]):
-                pred.append(predictor.step(seq.read_frame(i)))
-                bar.update(1)
-            gt = np.stack([seq.read_mask(i) for i in range(lengths[name])])
-            results.append(evaluate_sequence(gt, np.stack(pred), name))
-            if spec.get("pred_dir"):
-                _write_pred(Path(spec["pred_dir"]) / name, seq, pred)
-        bar.close()
-        summary = EvalResult(results).summary()
-        out.update(jf=summary["J&F-Mean"], j=summary["J-Mean"], f=summary["F-Mean"])
-        out["details"]["frames_scored"] = lengths
-        out["details"]["peak_rss_total_mb"] = _peak_rss_mb()
-        if backend == "trt":
-            from mlvos.runtime.backends.trt import ENGINE_DIR, engine_paths
-
-            engines = [engine_paths(Path(spec["model"]) / ENGINE_DIR, g, precision)[0]
-                       for g in Graph.ALL]
-            out["size_mb"] = _mb([p for p in engines if p.is_file()])
-    return out
-
-
-def _write_pred(folder: Path, seq, pred: list[np.ndarray]) -> None:
-    from mlvos.palette import write_mask
-
-    with atomic_dir(folder, force=True) as tmp:
-        for path, labels in zip(seq.frames, pred, strict=False):
-            write_mask(tmp / f"{path.stem}.png", labels)
-
-
-def _worker_main(argv: list[str]) -> int:
-    """`python -m mlvos.profiling.benchmark SPEC.json RESULT.json` (run by _run_row)."""
-    from mlvos.logs import configure_logging
-
-    configure_logging()
-    spec = json.loads(Path(argv[0]).read_text())
-    try:
-        result = measure_row(spec)
-    except Exception as e:  # noqa: BLE001 - the row reports any failure; the table goes on
-        if not isinstance(e, MlvosError):  # unexpected: the traceback is for the bug report
-            traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        result = {"status": "failed", "note": f"{type(e).__name__}: {first}"}
-    atomic_write_text(argv[1], stable_json(result))
-    return 0
 
 
 # ----------------------------------------------------------------------------- driver
@@ -615,5 +481,5 @@ def write_tables(report: dict[str, Any], out: str | os.PathLike) -> list[Path]:
     return [md, csv_, js]
 
 
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
+if __name__ == "__main__":  # the row worker (_run_row's command line)
+    sys.exit(worker_main(sys.argv[1:]))

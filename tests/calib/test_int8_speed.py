@@ -2,7 +2,7 @@
 timing (the timings are benchmarks, README).
 
 onnxruntime computes in INT8 only where its optimizer fuses DQ -> Conv -> Q into a QLinearConv;
-a convolution left as DequantizeLinear -> FP32 Conv is slower than plain FP32 (calib/quantize.py
+a convolution left as DequantizeLinear -> FP32 Conv is slower than plain FP32 (calib/ort_cpu.py
 explains the placement). These tests quantize the tiny graphs with "ort-cpu", let onnxruntime
 optimize them under the session options the graphs need, and check that every quantized
 convolution became a QLinearConv, that the graphs are still symmetric INT8 Q/DQ within
