@@ -90,30 +90,54 @@ def _attention(
     ck = k.shape[-1]
     if not (topk or kernel):
         return torch.softmax(torch.matmul(q, k.transpose(1, 2)) + bias, dim=-1)
+    if kernel and not torch.is_grad_enabled():
+        logits, best = _kernel_logits_inference(q, k, bias, query_key, similarity)
+        logits = logits + kernel_log_prior(best, h, w, kernel).to(logits.dtype)
+        if topk:
+            logits = keep_topk(logits, topk)
+        return torch.softmax(logits, dim=-1)
     scores = torch.matmul(q, k.transpose(1, 2))  # (G, hw, Thw)
     logits = scores + bias
     if kernel:
-        # The argmax runs over query positions, so the query-only term -|q|^2 / sqrt(Ck) that
-        # the softmax cancels counts here (-|k|^2 is constant along that axis).
+        # training: the computation the recipes were measured with (bf16 rounding of other
+        # forms would change their trajectories). The argmax runs over query positions, so the
+        # query-only term -|q|^2 / sqrt(Ck) that the softmax cancels counts here (-|k|^2 is
+        # constant along that axis).
         q2 = (query_key * query_key).sum(1).flatten(1) * (1.0 / math.sqrt(ck))  # (G, hw)
-        if torch.is_grad_enabled():
-            # training: the computation the recipes were measured with (bf16 rounding of a
-            # second MatMul would change their trajectories)
-            affinity = scores - q2.unsqueeze(-1) if similarity == "l2" else scores
-            best = affinity.argmax(dim=1)  # (G, Thw) int64, flat index row * w + col
-        else:
-            # inference and export: each memory position's best query position from the
-            # transposed affinity (Thw, hw), whose ArgMax runs along the contiguous last axis;
-            # along the query axis of (hw, Thw) it was a strided reduction, 44 % of
-            # read_decoder at 1080p. Same values, same argmax (natural set: identical masks).
-            affinity_t = torch.matmul(k, q.transpose(1, 2))  # (G, Thw, hw)
-            if similarity == "l2":
-                affinity_t = affinity_t - q2.unsqueeze(1)
-            best = affinity_t.argmax(dim=-1)
+        affinity = scores - q2.unsqueeze(-1) if similarity == "l2" else scores
+        best = affinity.argmax(dim=1)  # (G, Thw) int64, flat index row * w + col
         logits = logits + kernel_log_prior(best, h, w, kernel).to(scores.dtype)
     if topk:
         logits = keep_topk(logits, topk)
     return torch.softmax(logits, dim=-1)
+
+
+def _kernel_logits_inference(
+    q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, query_key: torch.Tensor,
+    similarity: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel read's logits q k^T + bias (G, hw, Thw) and each memory position's best query
+    position (G, Thw) int64, for inference and export.
+
+    The argmax runs on the transposed affinity (Thw, hw), along its contiguous last axis: along
+    the query axis of (hw, Thw) it was a strided reduction, 44 % of read_decoder at 1080p. The
+    additive terms ride in the MatMuls as one extra column each (q's and k's rows extended by
+    [1 | bias] and [-1 | |q|^2 / sqrt(Ck)]), so that neither full-size product is read and
+    written again to add them (two elementwise passes over (hw, Thw), ~10 ms of 70 at 480p).
+    Same values up to summation order (natural set: identical masks).
+    """
+    ones_q = torch.ones_like(q[..., :1])  # (G, hw, 1)
+    logits = torch.matmul(torch.cat([q, ones_q], dim=-1),
+                          torch.cat([k, bias.transpose(1, 2)], dim=-1).transpose(1, 2))
+    if similarity == "l2":
+        # the argmax runs over query positions, so the query-only term -|q|^2 / sqrt(Ck) that
+        # the softmax cancels counts here (-|k|^2 is constant along that axis)
+        q2 = (query_key * query_key).sum(1).flatten(1) * (1.0 / math.sqrt(k.shape[-1]))
+        affinity_t = torch.matmul(torch.cat([k, -torch.ones_like(k[..., :1])], dim=-1),
+                                  torch.cat([q, q2.unsqueeze(-1)], dim=-1).transpose(1, 2))
+    else:
+        affinity_t = torch.matmul(k, q.transpose(1, 2))  # (G, Thw, hw)
+    return logits, affinity_t.argmax(dim=-1)
 
 
 # Floor of the per-object normalizer of the shared read (the attention an object's own valid
@@ -158,17 +182,28 @@ def shared_memory_read(
     q, k, bias = _query_keys_bias(query_key, bank_key, any_valid, similarity)
     attn = _attention(q, k, bias, query_key, h, w, similarity, topk, kernel)  # (1, hw, Thw)
     valid = bank_valid.to(bank_value.dtype)  # (O, T)
-    # (1, Thw, O*Cv + O): slot-major rows, the objects' values side by side, then each object's
-    # validity per position (its normalizer), so that one MatMul reads every object and the
-    # softmax keeps a single consumer (the attention pattern TensorRT fuses).
-    v = (bank_value * valid[:, :, None, None, None]).permute(1, 3, 4, 0, 2)
-    v = v.reshape(1, t * h * w, o * cv)
-    per_slot = valid.transpose(0, 1).unsqueeze(1).expand(t, h * w, o).reshape(1, t * h * w, o)
-    both = torch.matmul(attn, torch.cat([v, per_slot], dim=2))[0]  # (hw, O*Cv + O)
-    out = both[:, : o * cv].reshape(h * w, o, cv)
-    norm = both[:, o * cv :].clamp(min=SHARED_NORM_FLOOR)  # (hw, O)
-    out = out / norm.unsqueeze(-1)
-    return out.permute(1, 2, 0).reshape(o, cv, h, w)
+    if not (topk or kernel):
+        # (1, Thw, O*Cv + O): slot-major rows, the objects' values side by side, then each
+        # object's validity per position (its normalizer), so that one MatMul reads every object
+        # and the softmax keeps a single consumer: the attention pattern TensorRT fuses.
+        v = (bank_value * valid[:, :, None, None, None]).permute(1, 3, 4, 0, 2)
+        v = v.reshape(1, t * h * w, o * cv)
+        per_slot = valid.transpose(0, 1).unsqueeze(1).expand(t, h * w, o)
+        both = torch.matmul(attn, torch.cat([v, per_slot.reshape(1, t * h * w, o)], dim=2))[0]
+        out = both[:, : o * cv].reshape(h * w, o, cv)
+        norm = both[:, o * cv :].clamp(min=SHARED_NORM_FLOOR)  # (hw, O)
+        out = out / norm.unsqueeze(-1)
+        return out.permute(1, 2, 0).reshape(o, cv, h, w)
+    # With a prior there is no fused attention to keep: the same product against the transposed
+    # attention, (O*Cv + O, Thw) x (Thw, hw), whose rows are the bank's (T, Cv) swaps of whole
+    # h*w planes and whose result is (O, Cv, h, w) already. The slot-major form above needs a
+    # 5-D transpose of the bank and one of the result per frame (~4 ms per object at 480p).
+    v = (bank_value * valid[:, :, None, None, None]).transpose(1, 2).reshape(o * cv, t * h * w)
+    per_slot = valid.unsqueeze(-1).expand(o, t, h * w).reshape(o, t * h * w)
+    both = torch.matmul(torch.cat([v, per_slot], dim=0), attn[0].transpose(0, 1))
+    out = both[: o * cv].reshape(o, cv, h * w)  # (O*Cv + O, hw): values, then normalizers
+    norm = both[o * cv :].clamp(min=SHARED_NORM_FLOOR)  # (O, hw)
+    return (out / norm.unsqueeze(1)).reshape(o, cv, h, w)
 
 
 def kernel_log_prior(

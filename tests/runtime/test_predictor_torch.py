@@ -42,7 +42,7 @@ def _video(n=9, h=70, w=90):
 def _stm_reference(model, frames, mask, capacity, mem_every):
     """STM's propagation written directly on the model's stage methods (an independent check of
     the predictor's bookkeeping: bank slots, validity, padding, aggregation, id mapping)."""
-    from mlvos.model.decoder import soft_aggregate_logits
+    from mlvos.model.decoder import soft_aggregate
 
     ids = [int(i) for i in np.unique(mask) if i]
     lut = np.array([0, *ids], np.uint8)
@@ -73,7 +73,7 @@ def _stm_reference(model, frames, mask, capacity, mem_every):
     for t, frame in enumerate(frames[1:], start=1):
         x = x_of(frame)
         q = model.encode_query(x)
-        agg = torch.softmax(soft_aggregate_logits(model.read_decode(q, *bank)), dim=0)
+        agg = soft_aggregate(model.read_decode(q, *bank))
         write(model.encode_memory(x, agg[1:], q.key), t, TEMP if t % mem_every else PERIODIC)
         h, w = agg.shape[-2:]
         out.append(lut[agg[:, pad.top:h - pad.bottom, pad.left:w - pad.right].argmax(0).numpy()])
