@@ -121,7 +121,11 @@ def plot_report(report: dict[str, Any], out: Path) -> list[Path]:
         _stage_lines(ax, objs, [e["objects"] for e in objs])
         ax.set_xlabel("objects")
         ax.set_xticks([e["objects"] for e in objs])
-        ax.set_title(f"Latency vs objects ({objs[0]['resolution']})\n{sub}", fontsize=10)
+        from mlvos.profiling.report import object_slope_text  # report imports this module
+
+        slope = object_slope_text(report) or ""
+        ax.set_title(f"Latency vs objects ({objs[0]['resolution']})\n{slope}\n{sub}",
+                     fontsize=9)
         paths.append(save_png(fig, out / "latency_vs_objects.png"))
         plt.close(fig)
     ms = report.get("memory_sweep") or {}

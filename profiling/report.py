@@ -269,6 +269,33 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def object_slope(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The object sweep's per-object cost: least-squares slope of the mean ms/frame over the
+    object counts, and each count's time over the smallest count's; None without two counts."""
+    pts = sorted({e["objects"]: e["wall"]["total"]["mean"]
+                  for e in report.get("object_sweep") or [] if "wall" in e}.items())
+    if len(pts) < 2:
+        return None
+    xs = [float(k) for k, _ in pts]
+    ys = [float(v) for _, v in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = (sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+             / sum((x - mx) ** 2 for x in xs))
+    base_objects, base = pts[0]
+    return {"ms_per_object": slope, "base_objects": base_objects, "base_ms": base,
+            "ratio": {str(k): v / base for k, v in pts[1:]}}
+
+
+def object_slope_text(report: dict[str, Any]) -> str | None:
+    """One line: '+24.1 ms per added object; 2 objects 1.30x, 3 objects 1.60x of 1'."""
+    sl = object_slope(report)
+    if sl is None:
+        return None
+    ratios = ", ".join(f"{k} objects {r:.2f}x" for k, r in sl["ratio"].items())
+    return (f"object sweep: {sl['ms_per_object']:+.1f} ms per added object; {ratios} of "
+            f"{sl['base_objects']}")
+
+
 def summary_table(report: dict[str, Any]) -> str:
     """A short text table of a profile report (printed at the end of `mlvos profile`)."""
     lines = [subtitle(report)]
@@ -293,6 +320,9 @@ def summary_table(report: dict[str, Any]) -> str:
             f"stage sum vs end to end: worst {100 * (chk['worst_rel_diff'] or 0):.2f}% "
             f"(tolerance {100 * chk['tolerance']:.0f}%): {'OK' if chk['ok'] else 'FAILED'}"
         )
+    slope = object_slope_text(report)
+    if slope:
+        lines.append(slope)
     source = (report.get("videos") or {}).get("source")
     if source:
         lines.append(f"content: {source}")

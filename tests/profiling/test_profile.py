@@ -106,6 +106,17 @@ def test_report_has_every_section(report):
     assert report["memory"]["peak_rss_mb"] > 0
 
 
+def test_object_slope_is_fitted_from_the_sweep(report):
+    from mlvos.profiling.report import object_slope, object_slope_text
+
+    sl = object_slope(report)
+    one, two = (e["wall"]["total"]["mean"] for e in report["object_sweep"])
+    assert sl["ms_per_object"] == pytest.approx(two - one)  # two points: the difference
+    assert sl["ratio"]["2"] == pytest.approx(two / one)
+    assert f"2 objects {two / one:.2f}x of 1" in object_slope_text(report)
+    assert object_slope({"object_sweep": report["object_sweep"][:1]}) is None
+
+
 def test_stage_times_add_up_to_end_to_end(report):
     check = report["checks"]["stage_sum"]
     assert check["ok"] and check["tolerance"] == STAGE_SUM_TOLERANCE
