@@ -98,35 +98,47 @@ def test_topk_above_positions_is_the_plain_read():
     assert torch.equal(memory_read(q, key, v, valid, "l2", topk=10**6), plain)
 
 
+# Training and inference compute the kernel read in different forms (model/memory.py: the
+# inference form takes the argmax on a transposed affinity and folds the additive terms into
+# the MatMuls): both must match the definition.
+GRAD_MODES = pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
+
+
+@GRAD_MODES
 @pytest.mark.parametrize("similarity", ["dot", "l2"])
 @pytest.mark.parametrize("sigma", [0.7, 2.0])
-def test_kernel_matches_per_position_reference(similarity, sigma):
+def test_kernel_matches_per_position_reference(similarity, sigma, grad):
     q, key, v, valid = _problem(1)
     affinity, logits = _logits(q, key, valid, similarity)
     weights, g = _kernel_reference(affinity, logits, sigma)
     assert g.min() < 0.25  # the kernel really reweights at these sigmas
-    out = memory_read(q, key, v, valid, similarity, kernel=sigma)
+    with torch.set_grad_enabled(grad):
+        out = memory_read(q, key, v, valid, similarity, kernel=sigma)
     torch.testing.assert_close(out, _read(weights, v), atol=1e-5, rtol=1e-5)
     assert out.abs().max() < 100
 
 
-def test_kernel_then_topk_combined():
+@GRAD_MODES
+def test_kernel_then_topk_combined(grad):
     q, key, v, valid = _problem(2)
     affinity, logits = _logits(q, key, valid, "l2")
     _, g = _kernel_reference(affinity, logits, 1.0)
     ref = _read(_topk_reference(logits + g.log(), 7), v)
-    out = memory_read(q, key, v, valid, "l2", topk=7, kernel=1.0)
+    with torch.set_grad_enabled(grad):
+        out = memory_read(q, key, v, valid, "l2", topk=7, kernel=1.0)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_kernel_argmax_uses_the_full_l2_affinity():
+@GRAD_MODES
+def test_kernel_argmax_uses_the_full_l2_affinity(grad):
     # With L2 the query-only term -|q|^2 changes which query position a memory position matches
     # best: a query key of large norm must not win the argmax because of its norm.
     q, key, v, valid = _problem(3)
     q[:, :, 0, 0] *= 10.0
     affinity, logits = _logits(q, key, valid, "l2")
     weights, _ = _kernel_reference(affinity, logits, 0.7)
-    out = memory_read(q, key, v, valid, "l2", kernel=0.7)
+    with torch.set_grad_enabled(grad):
+        out = memory_read(q, key, v, valid, "l2", kernel=0.7)
     torch.testing.assert_close(out, _read(weights, v), atol=1e-5, rtol=1e-5)
 
 

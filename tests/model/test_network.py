@@ -102,8 +102,9 @@ def test_partially_valid_bank_equals_read_over_valid_frames(models):
     )
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("kernel", [0.0, 2.0])
-def test_object_free_key_bank_equals_per_object_keys(models, kernel):
+def test_object_free_key_bank_equals_per_object_keys(models, kernel, grad):
     """One affinity per frame for all objects (shared_memory_read) gives what a read per object
     over its own copy of the keys gives, per-object validity (an object joining later)
     included; and the decoder's shared query parts equal the per-object ones."""
@@ -114,21 +115,23 @@ def test_object_free_key_bank_equals_per_object_keys(models, kernel):
     base = models["tiny"]
     m = STMNet(dataclasses.replace(base.config, read_kernel=kernel), "tiny").eval()
     m.load_state_dict(base.state_dict())
-    x = _frame(64, 96, m.stride)
-    q = m.encode_query(x)
-    keys, values = zip(*(m.encode_memory(_frame(64, 96, m.stride, s), torch.rand(3, 64, 96))
-                         for s in range(4)))
-    bank_k, bank_v = torch.stack(keys, 1), torch.stack(values, 1)  # (1, 4, ...), (3, 4, ...)
-    assert bank_k.shape[0] == 1 and bank_v.shape[0] == 3
-    valid = torch.ones(3, 4)
-    valid[2, :2] = 0  # object 3 joined at the third stored frame
-    shared = m.read_decode(q, bank_k, bank_v, valid)
-    per_object = m.read_decode(q, bank_k.expand(3, *bank_k.shape[1:]), bank_v, valid)
-    torch.testing.assert_close(shared, per_object, atol=2e-4, rtol=1e-4)
-    # the per-object reference with query features expanded to O (the old contract)
-    expanded = type(q)(*(t.expand(3, *t.shape[1:]) for t in q))
-    old = m.read_decode(expanded, bank_k.expand(3, *bank_k.shape[1:]), bank_v, valid)
-    torch.testing.assert_close(shared, old, atol=2e-4, rtol=1e-4)
+    # the inference and the training forms of the read (model/memory.py)
+    with torch.set_grad_enabled(grad):
+        x = _frame(64, 96, m.stride)
+        q = m.encode_query(x)
+        keys, values = zip(*(m.encode_memory(_frame(64, 96, m.stride, s), torch.rand(3, 64, 96))
+                             for s in range(4)))
+        bank_k, bank_v = torch.stack(keys, 1), torch.stack(values, 1)  # (1, 4, ...), (3, 4, ...)
+        assert bank_k.shape[0] == 1 and bank_v.shape[0] == 3
+        valid = torch.ones(3, 4)
+        valid[2, :2] = 0  # object 3 joined at the third stored frame
+        shared = m.read_decode(q, bank_k, bank_v, valid)
+        per_object = m.read_decode(q, bank_k.expand(3, *bank_k.shape[1:]), bank_v, valid)
+        torch.testing.assert_close(shared, per_object, atol=2e-4, rtol=1e-4)
+        # the per-object reference with query features expanded to O (the old contract)
+        expanded = type(q)(*(t.expand(3, *t.shape[1:]) for t in q))
+        old = m.read_decode(expanded, bank_k.expand(3, *bank_k.shape[1:]), bank_v, valid)
+        torch.testing.assert_close(shared, old, atol=2e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize(
