@@ -51,7 +51,8 @@ ORT_CPU_SESSION_CONFIG: dict[str, str] = {
     # A frame runs three sessions one after the other, each with its own intra-op pool. With
     # spinning on, a finished session's threads keep polling for work while the next session
     # runs, so on a small CPU they take cores from it: measured on this 2-core CPU (tiny, 480p,
-    # 1 object, ORT fp32, 2 threads) 144.8 ms/frame spinning, 96.0 without; the same masks.
+    # 1 object, ORT fp32, 2 threads) 143.5-144.8 ms/frame spinning, 95.3-97.0 without; the
+    # same masks.
     "session.intra_op.allow_spinning": "0",
 }
 # ... and of int8 graphs (calib's "ort-cpu" graphs give each consumer of a quantized tensor its
