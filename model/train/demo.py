@@ -30,10 +30,15 @@ STEP_MARGIN = 0.95
 SPEED_RANGE = (0.5, 2.0)
 
 
-def plan_run(index: int, remaining: float, speed: float) -> tuple[float, int]:
+def plan_run(index: int, remaining: float, speed: float,
+             budget: float | None = None) -> tuple[float, int]:
     """Time limit (minutes) and step count of run `index` (0-based), given the minutes the
-    budget still has and the speed factor measured so far (1.0 = the rate table)."""
+    budget still has and the speed factor measured so far (1.0 = the rate table). With the
+    whole `budget`, a run gets at least half its fixed share of it, so that earlier runs that
+    overran their time limits (a step that straddled it; a busy machine) cannot starve it."""
     minutes = STAGE_SHARES[index] / sum(STAGE_SHARES[index:]) * remaining
+    if budget is not None:
+        minutes = max(minutes, 0.5 * STAGE_SHARES[index] * budget)
     speed = min(max(speed, SPEED_RANGE[0]), SPEED_RANGE[1])
     return minutes, max(10, round(STEP_MARGIN * STAGE_RATES[index] * speed * minutes))
 
@@ -139,7 +144,7 @@ def train_demo_model(out_ckpt: str | os.PathLike, *, minutes: float = 4.0, seed:
     previous = None
     remaining, speed = float(minutes), 1.0
     for i, stage in enumerate(demo_recipe(minutes, seed=seed, threads=threads, photos=photos)):
-        stage["time_limit"], stage["steps"] = plan_run(i, remaining, speed)
+        stage["time_limit"], stage["steps"] = plan_run(i, remaining, speed, float(minutes))
         opts = TrainOptions(out=str(runs / f"{i + 1}-{stage['stage']}"), progress=progress,
                             **stage)
         if previous is not None:

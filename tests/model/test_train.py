@@ -296,6 +296,8 @@ def test_demo_plan_uses_the_budget_at_the_measured_speed():
     assert demo.next_speed(1, round(0.8 * demo.STAGE_RATES[1] * 3), 180.0) == pytest.approx(0.8)
     assert demo.plan_run(2, 5.0, 9.0)[1] == round(
         demo.STEP_MARGIN * demo.STAGE_RATES[2] * demo.SPEED_RANGE[1] * 5.0)
+    # earlier runs that overran the budget leave a later one half its fixed share, not nothing
+    assert demo.plan_run(2, 0.0, 1.0, budget=10.0)[0] == pytest.approx(0.5 * 0.45 * 10.0)
 
 
 def test_bn_calib_sets_frozen_statistics_from_the_runs_data(tmp_path, capsys):
