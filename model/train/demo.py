@@ -4,7 +4,6 @@ natural-looking and synthetic videos, each run stopped by a time limit."""
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
@@ -12,41 +11,14 @@ from pathlib import Path
 from mlvos.errors import CheckpointError
 
 # Bump when the recipe changes, so cached demo checkpoints are retrained.
-DEMO_RECIPE = 11
+DEMO_RECIPE = 10
 # Share of the minutes per chained run, and the steps per minute each run makes on a quiet
 # 2-core CPU (measured with recipe 10's data pipeline): the step count is set so that the
-# cosine schedule ends within the run's time (STEP_MARGIN below the expected rate); the time
+# cosine schedule ends within the run's time (STEP_MARGIN below the measured rate); the time
 # limit only stops a run early on a slower or busy machine.
 STAGE_SHARES = (0.22, 0.33, 0.45)
 STAGE_RATES = (100.0, 120.0, 102.0)
 STEP_MARGIN = 0.95
-# This VM's speed moves from day to day: the same runs made 1.2-2.0x the table's steps per
-# minute on other days, so fixed step counts left up to a quarter of the budget unused (the
-# 4-minute recipe trained 3.1 minutes). Recipe 11 adapts: each run's measured speed (steps per
-# minute over the table's) scales the next run's step count, and the minutes a run leaves
-# unused go to the runs after it. The pre-training's small clips speed up more than the main
-# runs' (1.95x vs 1.30x on one day, 1.24x vs 0.86x on another), so the main run after it takes
-# the square root of its speed; within SPEED_RANGE.
-SPEED_RANGE = (0.5, 2.0)
-
-
-def plan_run(index: int, remaining: float, speed: float,
-             budget: float | None = None) -> tuple[float, int]:
-    """Time limit (minutes) and step count of run `index` (0-based), given the minutes the
-    budget still has and the speed factor measured so far (1.0 = the rate table). With the
-    whole `budget`, a run gets at least half its fixed share of it, so that earlier runs that
-    overran their time limits (a step that straddled it; a busy machine) cannot starve it."""
-    minutes = STAGE_SHARES[index] / sum(STAGE_SHARES[index:]) * remaining
-    if budget is not None:
-        minutes = max(minutes, 0.5 * STAGE_SHARES[index] * budget)
-    speed = min(max(speed, SPEED_RANGE[0]), SPEED_RANGE[1])
-    return minutes, max(10, round(STEP_MARGIN * STAGE_RATES[index] * speed * minutes))
-
-
-def next_speed(index: int, steps: int, elapsed_s: float) -> float:
-    """The speed factor for the run after run `index`, from the steps it made in elapsed_s."""
-    measured = steps / max(elapsed_s / 60.0, 1e-6) / STAGE_RATES[index]
-    return math.sqrt(measured) if index == 0 else measured
 
 
 def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2,
@@ -64,8 +36,7 @@ def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2,
     All runs read memory through KMN's Gaussian kernel (sigma 2 cells around each memory
     position's best match): measured on the natural validation set it gave +5 J&F over the
     global read, top-k 20 +0.5 at half the speed (README, Memory-read priors).
-    Each run stops at its share of the minutes left (time limit) or at its step count, whichever
-    first; the step counts follow the speed measured on the runs before (plan_run, next_speed).
+    Each run stops at its share of `minutes` (time limit) or its step count, whichever first.
     What the measurements on the synthetic validation set led to (README, Training):
     - The `tiny` variant reads memory with STCN's shared keys and L2 affinity. With STM's
       per-object memory keys and dot product, the same recipe stayed near copy-first (J&F 18.4
@@ -93,9 +64,9 @@ def demo_recipe(minutes: float, *, seed: int = 0, threads: int | None = 2,
          "batch": 1, "bn_calib": 32, "loss": "bootstrap",
          "max_objects": 3, "max_skip": (3, 10), "schedule": "cosine", "lr": 5e-4},
     ]
-    # the plan before any run has been measured (train_demo_model re-plans after each run)
-    for i, stage in enumerate(stages):
-        stage["time_limit"], stage["steps"] = plan_run(i, minutes * sum(STAGE_SHARES[i:]), 1.0)
+    for stage, share, rate in zip(stages, STAGE_SHARES, STAGE_RATES, strict=True):
+        stage["time_limit"] = share * minutes
+        stage["steps"] = max(10, round(STEP_MARGIN * rate * share * minutes))
     return stages
 
 
@@ -142,17 +113,11 @@ def train_demo_model(out_ckpt: str | os.PathLike, *, minutes: float = 4.0, seed:
     runs = out.with_name(out.name + ".runs")
     shutil.rmtree(runs, ignore_errors=True)
     previous = None
-    remaining, speed = float(minutes), 1.0
-    for i, stage in enumerate(demo_recipe(minutes, seed=seed, threads=threads, photos=photos)):
-        stage["time_limit"], stage["steps"] = plan_run(i, remaining, speed, float(minutes))
-        opts = TrainOptions(out=str(runs / f"{i + 1}-{stage['stage']}"), progress=progress,
-                            **stage)
+    for i, stage in enumerate(demo_recipe(minutes, seed=seed, threads=threads, photos=photos), 1):
+        opts = TrainOptions(out=str(runs / f"{i}-{stage['stage']}"), progress=progress, **stage)
         if previous is not None:
             opts.variant, opts.init = None, str(previous)
-        result = train(opts)
-        previous = result.checkpoint
-        remaining = max(0.0, remaining - result.elapsed_s / 60.0)
-        speed = next_speed(i, result.step, result.elapsed_s)
+        previous = train(opts).checkpoint
     # re-save with the demo key (atomic, sealed), so the cache check above can recognise it
     state = read_checkpoint(previous)
     train_state = state["extra"].get("train", {})

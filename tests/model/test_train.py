@@ -275,31 +275,6 @@ def test_demo_recipe_trains_and_caches(tmp_path, photo_folder, monkeypatch):
     assert not is_cached_demo_model(ckpt, minutes=0.02, photos=str(photo_folder))
 
 
-def test_demo_plan_uses_the_budget_at_the_measured_speed():
-    from mlvos.model.train import demo
-
-    # unmeasured: each run its share of the budget at the rate table's steps per minute
-    first = demo.demo_recipe(10.0)
-    assert [round(r["time_limit"], 6) for r in first] == [2.2, 3.3, 4.5]
-    assert [r["steps"] for r in first] == [
-        round(demo.STEP_MARGIN * rate * share * 10) for rate, share in
-        zip(demo.STAGE_RATES, demo.STAGE_SHARES)]
-    # the pre-training ran twice as fast as the table and ended early: the main run gets the
-    # minutes it left (shared with the last run) and sqrt(2) of the table's rate
-    steps0 = 2 * demo.STAGE_RATES[0] * 1.0  # made in 1.0 of its 2.2 minutes
-    speed = demo.next_speed(0, round(steps0), 60.0)
-    assert speed == pytest.approx(2 ** 0.5)
-    minutes, steps = demo.plan_run(1, 10.0 - 1.0, speed)
-    assert minutes == pytest.approx(0.33 / 0.78 * 9.0)
-    assert steps == round(demo.STEP_MARGIN * demo.STAGE_RATES[1] * 2 ** 0.5 * minutes)
-    # the main run's own speed carries to the last run as measured; the range bounds it
-    assert demo.next_speed(1, round(0.8 * demo.STAGE_RATES[1] * 3), 180.0) == pytest.approx(0.8)
-    assert demo.plan_run(2, 5.0, 9.0)[1] == round(
-        demo.STEP_MARGIN * demo.STAGE_RATES[2] * demo.SPEED_RANGE[1] * 5.0)
-    # earlier runs that overran the budget leave a later one half its fixed share, not nothing
-    assert demo.plan_run(2, 0.0, 1.0, budget=10.0)[0] == pytest.approx(0.5 * 0.45 * 10.0)
-
-
 def test_bn_calib_sets_frozen_statistics_from_the_runs_data(tmp_path, capsys):
     """--bn-calib: fresh statistics (not the init's), frozen during training (steps do not move
     them), and refused together with --train-bn."""
