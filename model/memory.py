@@ -92,21 +92,19 @@ def _attention(
         return torch.softmax(torch.matmul(q, k.transpose(1, 2)) + bias, dim=-1)
     if kernel and not torch.is_grad_enabled():
         logits, best = _kernel_logits_inference(q, k, bias, query_key, similarity)
-        logits = logits + kernel_log_prior(best, h, w, kernel).to(logits.dtype)
-        if topk:
-            logits = keep_topk(logits, topk)
-        return torch.softmax(logits, dim=-1)
-    scores = torch.matmul(q, k.transpose(1, 2))  # (G, hw, Thw)
-    logits = scores + bias
+    else:
+        scores = torch.matmul(q, k.transpose(1, 2))  # (G, hw, Thw)
+        logits = scores + bias
+        if kernel:
+            # training: the computation the recipes were measured with (bf16 rounding of other
+            # forms would change their trajectories). The argmax runs over query positions, so
+            # the query-only term -|q|^2 / sqrt(Ck) that the softmax cancels counts here (-|k|^2
+            # is constant along that axis).
+            q2 = (query_key * query_key).sum(1).flatten(1) * (1.0 / math.sqrt(ck))  # (G, hw)
+            affinity = scores - q2.unsqueeze(-1) if similarity == "l2" else scores
+            best = affinity.argmax(dim=1)  # (G, Thw) int64, flat index row * w + col
     if kernel:
-        # training: the computation the recipes were measured with (bf16 rounding of other
-        # forms would change their trajectories). The argmax runs over query positions, so the
-        # query-only term -|q|^2 / sqrt(Ck) that the softmax cancels counts here (-|k|^2 is
-        # constant along that axis).
-        q2 = (query_key * query_key).sum(1).flatten(1) * (1.0 / math.sqrt(ck))  # (G, hw)
-        affinity = scores - q2.unsqueeze(-1) if similarity == "l2" else scores
-        best = affinity.argmax(dim=1)  # (G, Thw) int64, flat index row * w + col
-        logits = logits + kernel_log_prior(best, h, w, kernel).to(scores.dtype)
+        logits = logits + kernel_log_prior(best, h, w, kernel).to(logits.dtype)
     if topk:
         logits = keep_topk(logits, topk)
     return torch.softmax(logits, dim=-1)

@@ -22,8 +22,8 @@ import numpy as np
 
 from mlvos.runtime.manifest import Manifest
 from mlvos.runtime.spec import (
-    ORT_CPU_SESSION_CONFIG,
     Graph,
+    ort_session_config,
     padded_size,
     parse_resolution,
     resolve_shape,
@@ -83,8 +83,7 @@ def profile_nodes(export_dir: str | os.PathLike, *, resolutions: list[str], obje
                 opts = ort.SessionOptions()
                 if threads:
                     opts.intra_op_num_threads = threads
-                opts.add_session_config_entry("session.set_denormal_as_zero", "1")
-                for key, value in ORT_CPU_SESSION_CONFIG.items():  # as the runtime's sessions
+                for key, value in ort_session_config(precision).items():  # as the runtime's
                     opts.add_session_config_entry(key, value)
                 opts.enable_profiling = True
                 opts.profile_file_prefix = str(Path(tmp) / "rd")

@@ -63,6 +63,19 @@ ORT_INT8_SESSION_CONFIG: dict[str, str] = {
 }
 
 
+def ort_session_config(precision: str, *, flush_denormals: bool = True) -> dict[str, str]:
+    """The config entries of the runtime's onnxruntime sessions for graphs of `precision`
+    (OrtRunner; the node profiler opens its sessions the same way)."""
+    # Real footage drives the memory read's softmax tails into denormal floats, which x86
+    # computes ~100x slower (a 2.7x slower frame on vtest.avi); flushing them changes no label
+    # (tests/runtime: identical masks either way).
+    config = {"session.set_denormal_as_zero": "1"} if flush_denormals else {}
+    config.update(ORT_CPU_SESSION_CONFIG)
+    if precision == Precision.INT8:
+        config.update(ORT_INT8_SESSION_CONFIG)
+    return config
+
+
 # Named frame sizes (height, width): profiles, sweeps and engine builds take these or "HxW".
 RESOLUTIONS: dict[str, tuple[int, int]] = {
     "480p": (480, 854),

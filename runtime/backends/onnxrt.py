@@ -22,11 +22,9 @@ from mlvos.runtime.backends.base import Runner, nvtx_ranges, nvtx_stage
 from mlvos.runtime.manifest import Manifest
 from mlvos.runtime.spec import (
     FEATURE_STRIDE,
-    ORT_CPU_SESSION_CONFIG,
-    ORT_INT8_SESSION_CONFIG,
     Graph,
-    Precision,
     Tensor,
+    ort_session_config,
     parse_device,
 )
 
@@ -79,16 +77,9 @@ class OrtRunner(Runner):
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        # Real footage drives the memory read's softmax tails into denormal floats, which x86
-        # computes ~100x slower (a 2.7x slower frame on vtest.avi); flushing them changes no
-        # label (tests/runtime: identical masks either way).
-        if flush_denormals:
-            opts.add_session_config_entry("session.set_denormal_as_zero", "1")
-        for key, value in ORT_CPU_SESSION_CONFIG.items():
+        for key, value in ort_session_config(precision,
+                                             flush_denormals=flush_denormals).items():
             opts.add_session_config_entry(key, value)
-        if precision == Precision.INT8:
-            for key, value in ORT_INT8_SESSION_CONFIG.items():
-                opts.add_session_config_entry(key, value)
         providers = providers or ["CPUExecutionProvider"]
         unknown = [p for p in providers if p not in ort.get_available_providers()]
         if unknown:
