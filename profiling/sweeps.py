@@ -168,12 +168,13 @@ def _measure(ctx: _Context, label: str, h: int, w: int, objects: int) -> dict[st
     reset_peak_rss()
     if ctx.devmem is not None:
         ctx.devmem.reset()
+    warm = steady_warmup(cfg, runner.capacity)
     t0 = time.perf_counter()
     run = run_video(
         runner,
         video,
-        frames=steady_warmup(cfg, runner.capacity) + cfg.iters,
-        warmup=steady_warmup(cfg, runner.capacity),
+        frames=warm + cfg.iters,
+        warmup=warm,
         timer=ctx.timer,
         mem_every=cfg.mem_every,
         prev_every=cfg.prev_every,
