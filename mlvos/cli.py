@@ -51,9 +51,12 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default=".cache/demo", help="cache folder (data, checkpoint, export)")
     p.add_argument("--sequences", type=int, default=3,
                    help="synthetic validation videos (3; the natural set has --natural)")
-    p.add_argument("--natural", type=int, default=4,
-                   help="natural validation videos (4: the first 4 of the standard natural set)")
-    p.add_argument("--frames", type=int, default=25, help="frames per validation video (25)")
+    p.add_argument("--natural", type=int, default=12,
+                   help="natural validation videos (12: the standard natural validation set of "
+                   "`make natural-val`)")
+    p.add_argument("--natural-frames", type=int, default=40,
+                   help="frames per natural validation video (40, as the standard set)")
+    p.add_argument("--frames", type=int, default=25, help="frames per synthetic video (25)")
     p.add_argument("--seed", type=int, default=2026, help="seed of the synthetic videos (2026)")
     p.add_argument("--natural-seed", type=int, default=2027,
                    help="seed of the natural videos (2027, the standard natural validation set)")
@@ -71,7 +74,8 @@ def main_demo(args: argparse.Namespace) -> int:
     from mlvos.demo import run_demo
 
     passed = run_demo(cache=args.cache, sequences=args.sequences, natural=args.natural,
-                      frames=args.frames, seed=args.seed, natural_seed=args.natural_seed,
+                      frames=args.frames, natural_frames=args.natural_frames, seed=args.seed,
+                      natural_seed=args.natural_seed,
                       photos=args.photos, train_minutes=args.train_minutes,
                       retrain=args.retrain, threads=args.threads)
     return 0 if passed else 1

@@ -86,7 +86,8 @@ def main_info(args: argparse.Namespace) -> int:
         get_config(v)  # unknown names fail before any work
     cap = args.capacity or DEFAULT_CAPACITY
     print(
-        f"GMACs at {args.height}x{args.width} (padded to the stride); memory stage per object; "
+        f"GMACs at {args.height}x{args.width} (padded to the stride); memory stage of one object "
+        "(a late-fusion encoder encodes the frame once, further objects add its mask path); "
         f"read+decode of one object over {cap} memory frames (further objects share its "
         "affinity and the skip convolutions); "
         f"frame total with {args.objects} object(s)"
@@ -101,7 +102,7 @@ def main_info(args: argparse.Namespace) -> int:
         c = stage_costs(v, args.height, args.width, cap)
         print(
             f"{v:<10} {c.params_m:>10.2f} {c.stride:>6} {f'{c.height}x{c.width}':>9} "
-            f"{c.query_gmac:>8.1f} {c.memory_gmac:>8.1f} {c.read_gmac(1):>9.1f} "
+            f"{c.query_gmac:>8.1f} {c.memory_write_gmac(1):>8.1f} {c.read_gmac(1):>9.1f} "
             f"{c.per_frame(args.objects):>8.1f}"
         )
     print()

@@ -13,6 +13,7 @@ from mlvos.errors import ConfigError
 BLOCKS = ("basic", "bottleneck")
 PYRAMIDS = ("up", "down")
 SIMILARITIES = ("dot", "l2")
+MEMORY_FUSIONS = ("stem", "late")
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,9 @@ class ModelConfig:
         read_kernel: memory-read prior (KMN, Seong et al. 2020): sigma, in stride-16 feature
             cells, of the Gaussian around the query position that each memory position matches
             best; 0.0 = off. Adds no parameters. See model/memory.py for both.
+        memory_fusion: "stem" (STM: the masks enter the memory backbone's stem, so the backbone
+            runs once per object) or "late" (the frame is encoded once and each object adds a
+            light mask path fused at stride 16; model/encoders.LateFusionMemoryEncoder).
     """
 
     query_backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -118,6 +122,7 @@ class ModelConfig:
     similarity: str = "dot"
     read_topk: int = 0
     read_kernel: float = 0.0
+    memory_fusion: str = "stem"
 
     @property
     def memory(self) -> BackboneConfig:
@@ -134,6 +139,10 @@ class ModelConfig:
         if self.similarity not in SIMILARITIES:
             raise ConfigError(
                 f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}"
+            )
+        if self.memory_fusion not in MEMORY_FUSIONS:
+            raise ConfigError(
+                f"memory_fusion must be one of {MEMORY_FUSIONS}, got {self.memory_fusion!r}"
             )
         for name in ("key_dim", "value_dim", "decoder_dim"):
             if getattr(self, name) <= 0:

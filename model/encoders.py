@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mlvos.model.config import BackboneConfig
 from mlvos.model.multilevel import MultiLevelBackbone
-from mlvos.runtime.spec import PIXEL_MEAN, PIXEL_STD
+from mlvos.model.resnet import BasicBlock, conv_bn
+from mlvos.runtime.spec import FEATURE_STRIDE, PIXEL_MEAN, PIXEL_STD
 
 
 class QueryFeatures(NamedTuple):
@@ -105,3 +107,52 @@ class MemoryEncoder(nn.Module):
         o = others.reshape(b * k, 1, h, w)
         _, _, f16 = self.backbone(x, [m, o])
         return self.kv(f16)
+
+
+class LateFusionMemoryEncoder(nn.Module):
+    """Memory encoder that encodes the frame once and each object's masks lightly (late fusion,
+    as SwiftNet's light-aggregation encoder; `ModelConfig.memory_fusion="late"`).
+
+    STM fuses the masks into the backbone's stem, so the whole backbone runs once per object;
+    here the frame's stride-16 features are computed once per frame and each object adds only a
+    small convolution path over its (object, others) probabilities, pooled to stride 4 and
+    convolved down to stride 16, fused with the frame features (and the features weighted by
+    the object's pooled probability) through a 3x3 conv and a residual block. Same interface as
+    MemoryEncoder.
+    """
+
+    def __init__(self, cfg: BackboneConfig, key_dim: int | None, value_dim: int,
+                 mask_width: int = 16, fuse_width: int = 64):
+        super().__init__()
+        self.normalize = Normalize()
+        self.backbone = MultiLevelBackbone(cfg)
+        c16 = cfg.feature_channels()[2]
+        w = mask_width
+        self.mask_path = nn.Sequential(
+            conv_bn(2, w, 3),
+            _strided_conv_bn(w, 2 * w),
+            _strided_conv_bn(2 * w, 2 * w),
+        )
+        self.fuse = nn.Sequential(conv_bn(2 * c16 + 2 * w, fuse_width, 3),
+                                  BasicBlock(fuse_width, fuse_width))
+        self.kv = KeyValue(fuse_width, key_dim, value_dim)
+
+    def forward(
+        self, frame: torch.Tensor, probs: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """frame (B, 3, H, W) in [0, 255], probs (B, K, H, W) in [0, 1] -> key (B*K, Ck, h, w)
+        or None (shared keys) and value (B*K, Cv, h, w), objects of a frame contiguous."""
+        b, k, h, w = probs.shape
+        _, _, f16 = self.backbone(self.normalize(frame))  # once per frame
+        others = (probs.sum(dim=1, keepdim=True) - probs).clamp(0.0, 1.0)
+        masks = torch.stack([probs, others], dim=2).reshape(b * k, 2, h, w)
+        m = self.mask_path(F.avg_pool2d(masks, 4))  # (B*K, 2w, h/16, w/16)
+        area = F.avg_pool2d(masks[:, :1], FEATURE_STRIDE)  # the object's share of each cell
+        f = f16.unsqueeze(1).expand(b, k, *f16.shape[1:]).reshape(b * k, *f16.shape[1:])
+        x = self.fuse(torch.cat([f, f * area.to(f.dtype), m.to(f.dtype)], dim=1))
+        return self.kv(x)
+
+
+def _strided_conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))

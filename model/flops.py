@@ -25,14 +25,21 @@ class StageCost:
     # once per frame whatever the object count: the affinity of an object-free key bank and the
     # decoder's convolutions of the query features (skips, query value)
     read_shared_gmac: float = 0.0
+    # once per memorized frame whatever the object count: the frame's features of a late-fusion
+    # memory encoder (ModelConfig.memory_fusion "late"); 0 for STM's stem fusion
+    memory_shared_gmac: float = 0.0
+
+    def memory_write_gmac(self, objects: int) -> float:
+        """GMACs of memory_encoder for `objects` objects."""
+        return self.memory_shared_gmac + objects * self.memory_gmac
 
     def read_gmac(self, objects: int) -> float:
         """GMACs of read_decoder for `objects` objects over the full bank."""
         return self.read_shared_gmac + objects * self.read_decode_gmac
 
     def per_frame(self, objects: int) -> float:
-        """GMACs of one propagated frame: 1 query + O memory writes + the read of O objects."""
-        return self.query_gmac + objects * self.memory_gmac + self.read_gmac(objects)
+        """GMACs of one propagated frame: 1 query + the memory write and the read of O objects."""
+        return self.query_gmac + self.memory_write_gmac(objects) + self.read_gmac(objects)
 
 
 def _gmacs(fn) -> float:
@@ -53,7 +60,10 @@ def stage_costs(variant: str, height: int = 480, width: int = 864, capacity: int
         q = model.encode_query(frame)
         query = _gmacs(lambda: model.encode_query(frame))
         # a shared-key model's memory stage takes the query key instead of recomputing it
-        memory = _gmacs(lambda: model.encode_memory(frame, torch.empty(1, h, w), q.key))
+        def write(objects: int) -> float:
+            return _gmacs(lambda: model.encode_memory(frame, torch.empty(objects, h, w), q.key))
+
+        mem_one, mem_two = write(1), write(2)
         hf, wf = h // FEATURE_STRIDE, w // FEATURE_STRIDE
 
         def read(objects: int) -> float:
@@ -63,5 +73,6 @@ def stage_costs(variant: str, height: int = 480, width: int = 864, capacity: int
             return _gmacs(lambda: model.read_decode(q, bk, bv, valid))
 
         one, two = read(1), read(2)
-    return StageCost(variant, params, model.stride, h, w, query, memory, two - one, capacity,
-                     read_shared_gmac=2 * one - two)
+    return StageCost(variant, params, model.stride, h, w, query, mem_two - mem_one, two - one,
+                     capacity, read_shared_gmac=2 * one - two,
+                     memory_shared_gmac=2 * mem_one - mem_two)

@@ -11,7 +11,12 @@ from torch import nn
 from mlvos.errors import InputError
 from mlvos.model.config import ModelConfig
 from mlvos.model.decoder import Decoder, aggregate_outputs, per_object, soft_aggregate
-from mlvos.model.encoders import MemoryEncoder, QueryEncoder, QueryFeatures
+from mlvos.model.encoders import (
+    LateFusionMemoryEncoder,
+    MemoryEncoder,
+    QueryEncoder,
+    QueryFeatures,
+)
 from mlvos.model.memory import memory_read
 from mlvos.runtime.spec import FEATURE_STRIDE, MIN_SIDE
 
@@ -35,7 +40,8 @@ class STMNet(nn.Module):
         self.config = config
         self.variant = variant
         self.query_encoder = QueryEncoder(config.query_backbone, config.key_dim, config.value_dim)
-        self.memory_encoder = MemoryEncoder(
+        encoder = LateFusionMemoryEncoder if config.memory_fusion == "late" else MemoryEncoder
+        self.memory_encoder = encoder(
             config.memory, None if config.shared_key else config.key_dim, config.value_dim
         )
         c4, c8, _ = config.query_backbone.feature_channels()

@@ -5,7 +5,10 @@
 - `stm-r50`: plain STM: ResNet-50 to layer3 (stride 16), down features r2/r3/r4 (Table 2 baseline).
 - `tiny`:    2-level multi-level ResNet-18-style net at quarter width with one block per stage,
              for CPU tests and the demo; STCN's shared keys and L2 affinity (see ModelConfig),
-             without which a 20-minute CPU training never learnt to tell objects apart.
+             without which a 20-minute CPU training never learnt to tell objects apart; a
+             late-fusion memory encoder (the frame encoded once, a light mask path per object),
+             so that an added object costs a fraction of the first. Checkpoints of the earlier
+             `tiny` (STM's stem fusion) carry their config and still load.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def _tiny() -> ModelConfig:
         pyramid="up",
     )
     return ModelConfig(query_backbone=bb, key_dim=32, value_dim=64, decoder_dim=32,
-                       shared_key=True, similarity="l2")
+                       shared_key=True, similarity="l2", memory_fusion="late")
 
 
 def variants() -> list[str]:

@@ -313,8 +313,8 @@ def model_stage_gmacs(
     Args:
         variant: registry name of the model.
         h, w: padded frame size (multiples of the model's stride).
-        objects: tracked objects (the memory encoder runs once per object; read+decode has a
-            per-frame part and a per-object part, StageCost.read_gmac).
+        objects: tracked objects (the memory encoder and read+decode each have a per-frame
+            part and a per-object part: StageCost.memory_write_gmac, StageCost.read_gmac).
         capacity: memory slots of the bank.
 
     Returns:
@@ -326,7 +326,7 @@ def model_stage_gmacs(
     return _per_stage(
         {
             "query_encoder": c.query_gmac,
-            "memory_encoder": objects * c.memory_gmac,
+            "memory_encoder": c.memory_write_gmac(objects),
             "read_decoder": c.read_gmac(objects),
         }
     )

@@ -71,17 +71,27 @@ def decisive_tiny():
 
     A random model predicts near-ties that any rounding flips: its logits are shallow, and with
     shared keys its objects differ only through the mask inputs of the memory encoder, which a
-    random stem barely weighs. Steeper mask convs and last conv make objects distinct and
-    decisions clear, so label comparisons test graphs and runtimes rather than ties.
+    random stem (or late-fusion mask path) barely weighs. Steeper mask convs and last conv make
+    objects distinct and decisions clear, so label comparisons test graphs and runtimes rather
+    than ties. readout_gain (late fusion only) steepens the decoder's readout input: 5 makes a
+    propagation decide enough pixels for the TensorRT decision test; INT8 comparisons take 1,
+    where INT8's percent-level errors stay within `mlvos check`'s int8 tolerance.
     """
 
-    def make():
+    def make(readout_gain: float = 5.0):
         torch = pytest.importorskip("torch")
         from mlvos.model.registry import build_model
 
         model = build_model("tiny", seed=0)
         with torch.no_grad():
-            for level in model.memory_encoder.backbone.levels:
+            encoder = model.memory_encoder
+            if hasattr(encoder, "mask_path"):  # late fusion: the masks' own conv path
+                width = encoder.mask_path[-1][0].out_channels
+                encoder.mask_path[0][0].weight.mul_(30.0)
+                encoder.fuse[0][0].weight[:, -width:].mul_(30.0)
+                # the readout's half of the decoder's first conv
+                model.decoder.convFM.weight[:, : model.config.value_dim].mul_(readout_gain)
+            for level in encoder.backbone.levels:  # STM's stem fusion
                 for conv in level.down.extra_convs:
                     conv.weight.mul_(300.0)
             model.decoder.pred.weight.mul_(20.0)

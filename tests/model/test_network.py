@@ -210,3 +210,36 @@ def test_shared_key_memory_key_is_the_query_key(models):
     assert ModelConfig.from_dict(m.config.to_dict()) == m.config
     with pytest.raises(ConfigError, match="similarity"):
         ModelConfig.from_dict({**m.config.to_dict(), "similarity": "cosine"})
+
+
+def test_late_fusion_memory_encoder_encodes_the_frame_once_and_objects_independently():
+    import dataclasses
+
+    cfg = dataclasses.replace(get_config("tiny"), memory_fusion="late")
+    m = build_model(config=cfg, seed=0).eval()
+    x = _frame(64, 96, m.stride)
+    probs = torch.rand(3, *x.shape[-2:])
+    calls = []
+    hook = m.memory_encoder.backbone.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        key, value = m.encode_memory(x, probs)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # the frame's features are shared by the three objects
+    assert key.shape[0] == 1 and value.shape[0] == 3
+    # each object's value depends on its own and the others' probabilities, not on the order
+    perm = torch.tensor([2, 0, 1])
+    _, swapped = m.encode_memory(x, probs[perm])
+    torch.testing.assert_close(swapped, value[perm], atol=1e-5, rtol=1e-5)
+    # and on the mask: a different mask of object 0 changes object 0's value
+    other = probs.clone()
+    other[0] = 1.0 - other[0]
+    _, changed = m.encode_memory(x, other)
+    assert (changed[0] - value[0]).abs().max() > 1e-3
+
+
+def test_memory_fusion_is_validated():
+    import dataclasses
+
+    with pytest.raises(ConfigError, match="memory_fusion must be one of"):
+        dataclasses.replace(get_config("tiny"), memory_fusion="early").validate()

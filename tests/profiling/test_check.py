@@ -69,7 +69,8 @@ def export_dir(tmp_path_factory, decisive_tiny, data) -> Path:
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread is faster on a 2-vCPU machine
     try:
-        ckpt = save_checkpoint(root / "tiny.pt", decisive_tiny())
+        # a gentler readout: INT8 errors through a steep one exceed the int8 tolerance
+        ckpt = save_checkpoint(root / "tiny.pt", decisive_tiny(readout_gain=1.0))
         export = export_checkpoint(
             ckpt, root / "export", capacity=4, precisions=("fp32", "fp16"), validate=False,
             representative_size=(HEIGHT, WIDTH),
