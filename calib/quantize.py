@@ -29,7 +29,8 @@ discarded: the export wrote exact output shapes (export.onnx_utils.set_io), rest
 
 Candidates kept in FP32 (constants.CANDIDATES; nodes found by candidate_nodes):
   first_conv   the convolutions reading the network input (normalized pixels, probabilities);
-  attention    the memory read: MatMul -> Add(empty-slot bias) -> Softmax -> MatMul;
+  attention    the memory read: MatMul -> Add(empty-slot bias) -> Softmax -> MatMul; with a
+               read prior (top-k, kernel), which has no such chain, the read's MatMuls;
   aggregation  the soft aggregation (sigmoid, prod, clamp, logit, softmax, argmax);
   logits_conv  the decoder's last convolution (the per-object logits).
 """
@@ -369,6 +370,13 @@ def candidate_nodes(model: onnx.ModelProto, graph: str) -> dict[str, list[str]]:
         chain = find_attention(model)
         if chain is not None:
             out["attention"] = [n.name for n in chain]
+        else:
+            # a read with a prior has no fusable chain; its matrix products are still the memory
+            # read (the decoder has none), and the kernel read's carry its bias and |q|^2 as one
+            # extra column each, whose range an 8-bit per-tensor scale cannot share with the keys
+            products = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+            if products:
+                out["attention"] = products
         scope = ReadDecoderGraph.aggregate_scope
         out["aggregation"] = [n.name for n in model.graph.node if n.name.startswith(scope)]
         last = prod.get(T.LOGITS)
