@@ -1,8 +1,9 @@
 """The `mlvos demo` pipeline (what `make demo` runs): the whole product on this CPU in a few
 minutes.
 
-1. make two small validation sets with exact ground truth (DAVIS layout): natural-looking videos
-   from the held-out validation photographs (installed from Debian packages on first use) and
+1. make two validation sets with exact ground truth (DAVIS layout): the standard natural
+   validation set (12 x 40 natural-looking videos from the held-out validation photographs,
+   installed from Debian packages on first use; the same files as `make natural-val`) and a few
    procedural synthetic videos,
 2. train the `tiny` model briefly on natural + synthetic clips (or reuse the cached checkpoint),
 3. export it to ONNX, fp32 and fp16 (or reuse the cached export of the same checkpoint),
