@@ -130,8 +130,8 @@ class LateFusionMemoryEncoder(nn.Module):
         w = mask_width
         self.mask_path = nn.Sequential(
             conv_bn(2, w, 3),
-            _strided_conv_bn(w, 2 * w),
-            _strided_conv_bn(2 * w, 2 * w),
+            conv_bn(w, 2 * w, 3, stride=2),
+            conv_bn(2 * w, 2 * w, 3, stride=2),
         )
         self.fuse = nn.Sequential(conv_bn(2 * c16 + 2 * w, fuse_width, 3),
                                   BasicBlock(fuse_width, fuse_width))
@@ -151,8 +151,3 @@ class LateFusionMemoryEncoder(nn.Module):
         f = f16.unsqueeze(1).expand(b, k, *f16.shape[1:]).reshape(b * k, *f16.shape[1:])
         x = self.fuse(torch.cat([f, f * area.to(f.dtype), m.to(f.dtype)], dim=1))
         return self.kv(x)
-
-
-def _strided_conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))

@@ -72,9 +72,13 @@ def make_layer(block: type, inplanes: int, planes: int, blocks: int, stride: int
     return nn.Sequential(*mods)
 
 
-def conv_bn(cin: int, cout: int, k: int = 1, relu: bool = True) -> nn.Sequential:
+def conv_bn(
+    cin: int, cout: int, k: int = 1, relu: bool = True, stride: int = 1
+) -> nn.Sequential:
     """k x k conv (no bias) + BN (+ ReLU): MSPN's 1x1 units."""
-    mods: list[nn.Module] = [nn.Conv2d(cin, cout, k, 1, k // 2, bias=False), nn.BatchNorm2d(cout)]
+    mods: list[nn.Module] = [
+        nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)
+    ]
     if relu:
         mods.append(nn.ReLU(inplace=True))
     return nn.Sequential(*mods)

@@ -14,10 +14,11 @@ from mlvos.errors import CheckpointError
 DEMO_RECIPE = 12
 # Share of the minutes per chained run, and the steps per minute each run makes on a quiet
 # 2-core CPU (recipe 12's late-fusion `tiny` made 223 / 169 / 163 in a 4-minute run and
-# 229 / 175 / 168 in an 18-minute one; the table is set a little below): the step count is set so that the cosine schedule ends within the run's time
-# (STEP_MARGIN below the rate); the time limit only stops a run early on a slower or busy
-# machine. Recipe 10's table (100 / 120 / 102, measured on a slower day of this VM) left a
-# quarter of a 4-minute budget and 40 % of a 60-minute one unused on faster days.
+# 229 / 175 / 168 in an 18-minute one; the table is set a little below): the step count is set
+# so that the cosine schedule ends within the run's time (STEP_MARGIN below the rate); the time
+# limit only stops a run early on a slower or busy machine. Recipe 10's table (100 / 120 / 102,
+# measured on a slower day of this VM) left a quarter of a 4-minute budget and 40 % of a
+# 60-minute one unused on faster days.
 STAGE_SHARES = (0.22, 0.33, 0.45)
 STAGE_RATES = (210.0, 160.0, 150.0)
 STEP_MARGIN = 0.95
