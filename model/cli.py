@@ -210,9 +210,10 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                    help="lr schedule after warm-up (default constant, as the paper)")
     o.add_argument("--warmup", type=int, default=_S, help="linear warm-up steps (default 0)")
     o.add_argument("--grad-clip", type=float, default=_S, help="max grad norm (default 0 = off)")
-    o.add_argument("--loss", choices=("ce", "bootstrap"), default=_S,
+    o.add_argument("--loss", choices=("ce", "bootstrap", "bootstrap+dice"), default=_S,
                    help="ce: cross-entropy over all pixels (default, paper); bootstrap: over "
-                   "the hardest 15%% of pixels after a ramp (faster from scratch)")
+                   "the hardest 15%% of pixels after a ramp (faster from scratch); "
+                   "bootstrap+dice: plus a soft Dice loss per object (small objects count)")
     o.add_argument("--train-bn", action="store_true", default=_S,
                    help="update BatchNorm statistics (training from scratch); default frozen")
     o.add_argument("--bn-calib", type=int, default=_S, metavar="BATCHES",

@@ -60,8 +60,9 @@ class TrainOptions:
             invocation.
         lr: Adam learning rate (None = the paper's per stage); schedule / warmup: see
             schedule.py; grad_clip: max gradient norm (0 = off).
-        loss: "ce" (plain cross-entropy over all pixels, the paper's) or "bootstrap"
-            (cross-entropy over the hardest pixels, see losses.py; faster from scratch).
+        loss: "ce" (plain cross-entropy over all pixels, the paper's), "bootstrap"
+            (cross-entropy over the hardest pixels, see losses.py; faster from scratch) or
+            "bootstrap+dice" (plus a per-object soft Dice loss).
         train_bn: let BatchNorm statistics update (training from scratch); default keeps them
             frozen as STM does when the model config says so.
         bn_calib: before the first step of a fresh run with frozen statistics, re-estimate

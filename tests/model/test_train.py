@@ -40,6 +40,7 @@ def _losses(out: Path) -> dict[int, float]:
     ("pretrain", []),
     ("main", ["--data", "synth", "--max-skip", "2,6"]),
     ("main", ["--data", "synth:96x128"]),
+    ("main", ["--data", "synth", "--loss", "bootstrap+dice"]),
 ])
 def test_stage_runs_and_writes_checkpoint_and_log(tmp_path, stage, extra):
     out = tmp_path / "run"
@@ -124,6 +125,36 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert run([*common, "--out", str(ref), "--stop-after", str(k + 1)]) == 0
     resumed = [r for r in _log(killed) if r.get("step") == k + 1 and "loss" in r][-1]
     assert abs(resumed["loss"] - _losses(ref)[k + 1]) <= 1e-6
+
+
+def test_dice_loss_counts_objects_not_pixels():
+    """Soft Dice: 0 for a perfect prediction, near 1 for a missed object whatever its size, and
+    padding slots (in no frame's labels) add nothing, so a small object's miss weighs what a
+    large one's does (cross-entropy weighs it by its pixel count)."""
+    from mlvos.model.train.losses import clip_loss, dice_loss
+
+    labels = torch.zeros(1, 2, 32, 32, dtype=torch.long)
+    labels[0, :, 2:4, 2:4] = 1  # 4 pixels
+    labels[0, :, 10:30, 10:30] = 2  # 400 pixels
+
+    def logits_for(lab, slots=4):  # slot 3: padding, in no label map
+        return torch.nn.functional.one_hot(lab, slots).permute(0, 1, 4, 2, 3).float() * 40 - 20
+
+    assert float(dice_loss(logits_for(labels), labels)) < 1e-3
+    miss_small, miss_large = labels.clone(), labels.clone()
+    miss_small[labels == 1] = 0
+    miss_large[labels == 2] = 0
+    small = float(dice_loss(logits_for(miss_small), labels))
+    large = float(dice_loss(logits_for(miss_large), labels))
+    assert 0.4 < small < 0.6 and 0.4 < large < 0.6  # one of two objects lost: ~0.5 either way
+    ce_small = float(clip_loss(logits_for(miss_small), labels, kind="ce"))
+    ce_large = float(clip_loss(logits_for(miss_large), labels, kind="ce"))
+    assert ce_large > 50 * ce_small
+    both = clip_loss(logits_for(miss_small), labels, kind="bootstrap+dice", step=0, total=10)
+    assert float(both) == pytest.approx(
+        float(clip_loss(logits_for(miss_small), labels, kind="bootstrap", step=0, total=10))
+        + small, rel=1e-5)
+    assert float(dice_loss(logits_for(torch.zeros_like(labels)), torch.zeros_like(labels))) == 0
 
 
 def test_out_dir_with_a_run_is_refused_unless_resume_or_force(tmp_path, capsys):
