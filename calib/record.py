@@ -145,7 +145,10 @@ def record(
     with runner:
         for name, frames in wanted.items():
             seq = ds[name]
-            pred = VideoPredictor(runner, mem_every=mem_every)
+            # prev_every=1: every frame runs all three graphs, so each selected frame gives one
+            # feed per graph whatever the model's default schedule (tiny skips the memory
+            # encoder on most frames)
+            pred = VideoPredictor(runner, mem_every=mem_every, prev_every=1)
             pred.add_mask(0, seq.first_mask())
             for t in range(max(frames) + 1):
                 runner.recording = t in frames

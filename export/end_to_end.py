@@ -31,7 +31,9 @@ UNTRAINED_STAGES = ("init", "imagenet")
 def _propagate(runner, video, mem_every: int) -> list[np.ndarray]:
     from mlvos.runtime.predictor import propagate
 
-    return list(propagate(runner, (f for f, _ in video), video[0][1], mem_every=mem_every))
+    # prev_every=1 whatever the model's schedule: every frame runs all three graphs
+    return list(propagate(runner, (f for f, _ in video), video[0][1], mem_every=mem_every,
+                          prev_every=1))
 
 
 def validate_end_to_end(

@@ -73,7 +73,10 @@ def record_propagation(
     runner = RecordingRunner(TorchRunner(model, capacity=capacity))
     runner.recording = True
     with runner:
-        for _ in propagate(runner, (f for f, _ in video), video[0][1], mem_every=mem_every):
+        # prev_every=1: the memory encoder sees every frame (STM's schedule), whatever the
+        # model's default, so short videos give it as many samples as the other graphs
+        for _ in propagate(runner, (f for f, _ in video), video[0][1], mem_every=mem_every,
+                           prev_every=1):
             pass
     samples = Samples()
     for graph, feeds in runner.feeds.items():

@@ -328,7 +328,11 @@ def register_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", default="480p",
                    help="DAVIS resolution folder of --data (default 480p)")
     p.add_argument("--capacity", type=int, default=None, help="memory slots (default from spec)")
-    p.add_argument("--mem-every", type=int, default=None, help="permanent memory period")
+    p.add_argument("--mem-every", type=int, default=None, metavar="N",
+                   help="permanent memory period (default: the model's, 5)")
+    p.add_argument("--prev-every", type=int, default=None, metavar="N",
+                   help="refresh the previous-frame slot every N-th frame (default: the model's; "
+                   "see `mlvos run --help`)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     add_read_prior_arguments(p)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
@@ -338,7 +342,7 @@ def register_infer(sub: argparse._SubParsersAction) -> None:
 def main_infer(args: argparse.Namespace) -> int:
     from mlvos.errors import InputError
     from mlvos.model.infer import infer_dataset
-    from mlvos.runtime.spec import DEFAULT_CAPACITY, DEFAULT_MEM_EVERY
+    from mlvos.runtime.spec import DEFAULT_CAPACITY
 
     capacity = args.capacity or DEFAULT_CAPACITY
     if capacity < 2:
@@ -346,7 +350,7 @@ def main_infer(args: argparse.Namespace) -> int:
     result = infer_dataset(
         checkpoints=args.checkpoint, data=args.data, out=args.out, sequences=args.sequences,
         resolution=args.resolution, capacity=capacity,
-        mem_every=args.mem_every or DEFAULT_MEM_EVERY, device=args.device,
+        mem_every=args.mem_every, prev_every=args.prev_every, device=args.device,
         read_topk=args.read_topk, read_kernel=args.read_kernel, force=args.force,
     )
     print(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlvos.errors import ConfigError
+from mlvos.runtime.spec import DEFAULT_MEM_EVERY
 
 BLOCKS = ("basic", "bottleneck")
 PYRAMIDS = ("up", "down")
@@ -110,6 +111,11 @@ class ModelConfig:
         memory_fusion: "stem" (STM: the masks enter the memory backbone's stem, so the backbone
             runs once per object) or "late" (the frame is encoded once and each object adds a
             light mask path fused at stride 16; model/encoders.LateFusionMemoryEncoder).
+        mem_every / prev_every: the memory schedule the model was validated with, which the
+            runtime uses unless told otherwise (runtime.VideoPredictor): every `mem_every`-th
+            frame is kept, and the previous frame's temporary slot is refreshed every
+            `prev_every`-th frame (1 = every frame, STM's; `prev_every` >= `mem_every` = no
+            previous-frame slot). Not architecture: they add no parameters.
     """
 
     query_backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -123,6 +129,8 @@ class ModelConfig:
     read_topk: int = 0
     read_kernel: float = 0.0
     memory_fusion: str = "stem"
+    mem_every: int = DEFAULT_MEM_EVERY
+    prev_every: int = 1
 
     @property
     def memory(self) -> BackboneConfig:
@@ -152,6 +160,10 @@ class ModelConfig:
             raise ConfigError(
                 f"read_topk must be an integer >= 0 (0 = read every memory position), got {k!r}"
             )
+        for name in ("mem_every", "prev_every"):
+            n = getattr(self, name)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {n!r}")
         s = self.read_kernel
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
             raise ConfigError(

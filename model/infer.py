@@ -28,7 +28,8 @@ def infer_dataset(
     sequences: list[str] | None = None,
     resolution: str = "480p",
     capacity: int,
-    mem_every: int,
+    mem_every: int | None = None,
+    prev_every: int | None = None,
     device: str = "cpu",
     read_topk: int | None = None,
     read_kernel: float | None = None,
@@ -47,7 +48,8 @@ def infer_dataset(
         sequences: subset of sequence names; None = every sequence folder, sorted.
         resolution: the dataset's resolution folder name.
         capacity: memory slots (>= 2: the annotated and the previous frame).
-        mem_every: permanent memory period in frames.
+        mem_every / prev_every: memory schedule (runtime.VideoPredictor); None = the model's
+            (an ensemble's where its members agree, else STM's 5 / 1).
         device: torch device of the models.
         read_topk, read_kernel: memory-read prior overrides (None keeps each checkpoint's).
         force: replace an existing `out` folder.
@@ -95,7 +97,8 @@ def infer_dataset(
             if not first.is_file():
                 raise DatasetError(f"sequence {seq}: first-frame annotation {first} is missing")
             preds = predictor.propagate(
-                runner, (read_frame(f) for f in frames), read_mask(first), mem_every=mem_every
+                runner, (read_frame(f) for f in frames), read_mask(first), mem_every=mem_every,
+                prev_every=prev_every,
             )
             for f, pred in zip(frames, preds):
                 write_mask(tmp / seq / (f.stem + ".png"), pred)

@@ -120,11 +120,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: runtime.spec DEFAULT_CAPACITY); an export directory keeps its own",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic videos")
-    p.add_argument("--mem-every", type=int, default=DEFAULT_MEM_EVERY, metavar="N",
-                   help=f"memory schedule: every N-th frame is kept (default {DEFAULT_MEM_EVERY})")
-    p.add_argument("--prev-every", type=int, default=1, metavar="N",
+    p.add_argument("--mem-every", type=int, default=None, metavar="N",
+                   help="memory schedule: every N-th frame is kept (default: the model's, "
+                   f"{DEFAULT_MEM_EVERY})")
+    p.add_argument("--prev-every", type=int, default=None, metavar="N",
                    help="memory schedule: the previous-frame slot is refreshed every N-th frame "
-                   "(default 1, every frame)")
+                   "(default: the model's, 1 for paper and 5 for tiny: `mlvos run --help`)")
     p.add_argument(
         "--cuda-graph",
         action="store_true",

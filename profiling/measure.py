@@ -18,7 +18,6 @@ from mlvos.profiling.probes import StageTimer, host_memory
 from mlvos.runtime.backends.recording import RecordingRunner
 from mlvos.runtime.predictor import VideoPredictor
 from mlvos.runtime.spec import (
-    DEFAULT_MEM_EVERY,
     TIMED_STAGES,
     WORK_STAGES,
     frame_to_input,
@@ -172,8 +171,8 @@ def run_video(
     frames: int,
     warmup: int,
     timer: StageTimer | None = None,
-    mem_every: int = DEFAULT_MEM_EVERY,
-    prev_every: int = 1,
+    mem_every: int | None = None,
+    prev_every: int | None = None,
     deadline: float | None = None,
     min_frames: int = 3,
 ) -> RunTimings:

@@ -326,6 +326,8 @@ def summary_table(report: dict[str, Any]) -> str:
     source = (report.get("videos") or {}).get("source")
     if source:
         lines.append(f"content: {source}")
+    if report.get("schedule"):
+        lines.append(report["schedule"])
     gemm = report.get("gemm") or {}
     rate = gemm.get("fp32_gflops") or gemm.get("fp16_gflops")
     if rate:

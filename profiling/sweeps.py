@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from mlvos.profiling.probes import (
     timer_for,
 )
 from mlvos.profiling.report import REPORT_FORMAT, REPORT_VERSION
+from mlvos.runtime.predictor import describe_schedule
 from mlvos.runtime.spec import (  # noqa: F401 - RESOLUTIONS, parse_resolution re-exported
     DEFAULT_MEM_EVERY,
     RESOLUTIONS,
@@ -81,8 +82,10 @@ class ProfileConfig:
     iters: int = 20
     threads: int | None = None
     seed: int = 0
-    mem_every: int = DEFAULT_MEM_EVERY
-    prev_every: int = 1  # refresh of the previous-frame slot (VideoPredictor)
+    # memory schedule (VideoPredictor); None = the model's (runner.schedule), resolved by
+    # run_profile once the runner is open
+    mem_every: int | None = None
+    prev_every: int | None = None
     unique_frames: int = 12
     capacity: int | None = None  # memory slots of a bare torch checkpoint
     cuda_graph: bool = False  # passed to open_runner (trt) only when set
@@ -106,6 +109,10 @@ class ProfileConfig:
             raise InputError(f"--input {self.input}: no such file or folder")
         if self.mask is not None and not Path(self.mask).is_file():
             raise InputError(f"--mask {self.mask}: no such file")
+        for name in ("mem_every", "prev_every"):
+            n = getattr(self, name)
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {n!r}")
 
 
 def steady_warmup(config: ProfileConfig, capacity: int) -> int:
@@ -114,7 +121,7 @@ def steady_warmup(config: ProfileConfig, capacity: int) -> int:
     periodic frames, the previous frame)."""
     if config.warmup is not None:
         return config.warmup
-    return max(1, (capacity - 2) * config.mem_every + 1)
+    return max(1, (capacity - 2) * (config.mem_every or DEFAULT_MEM_EVERY) + 1)
 
 
 @dataclass
@@ -376,6 +383,11 @@ def run_profile(config: ProfileConfig) -> dict[str, Any]:
     with runner:
         if config.backend == "torch" and config.threads:
             runner.torch.set_num_threads(config.threads)
+        model_mem, model_prev = runner.schedule
+        config = replace(config, mem_every=config.mem_every or model_mem,
+                         prev_every=config.prev_every or model_prev)
+        report["config"] = asdict(config)
+        report["schedule"] = describe_schedule(config.mem_every, config.prev_every)
         bad = [k for k in config.memory or () if not 1 <= k <= runner.capacity]
         if bad:  # checked before the first sweep, not after minutes of it
             raise InputError(

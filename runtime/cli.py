@@ -174,11 +174,13 @@ def register_run(sub: argparse._SubParsersAction) -> None:
         "--cuda-graph", action="store_true", help="capture read+decode in a CUDA graph (trt)"
     )
     p.add_argument("--max-side", type=int, default=None, help="internal max frame side (e.g. 1080)")
-    p.add_argument("--mem-every", type=int, default=None, help="keep every N-th frame in memory")
-    p.add_argument("--prev-every", type=int, default=1, metavar="N",
+    p.add_argument("--mem-every", type=int, default=None, metavar="N",
+                   help="keep every N-th frame in memory (default: the model's, 5)")
+    p.add_argument("--prev-every", type=int, default=None, metavar="N",
                    help="refresh the previous-frame memory slot every N-th frame only (1 = every "
                    "frame, STM's schedule; 2 runs the memory encoder on about half the frames; "
-                   "README, Memory schedule)")
+                   "a multiple of --mem-every: no previous-frame slot). Default: the model's "
+                   "(1 for paper, 5 for tiny; README, Memory schedule)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="internal scale: the network sees the frame x SCALE (then capped by "
                    "--max-side); above 1 it follows small objects and boundaries better at "
@@ -263,9 +265,9 @@ def main_run(args: argparse.Namespace) -> int:
     from mlvos.errors import InputError, require
     from mlvos.fileio import file_lock
     from mlvos.runtime.backends import DEFAULT_PRECISION
-    from mlvos.runtime.predictor import VideoPredictor
+    from mlvos.runtime.predictor import VideoPredictor, describe_schedule
     from mlvos.runtime.run_folder import RunFolder
-    from mlvos.runtime.spec import DEFAULT_MEM_EVERY, TIMED_STAGES, parse_device
+    from mlvos.runtime.spec import TIMED_STAGES, parse_device
     from mlvos.runtime.video_io import ContactSheet, FrameSource, OverlayWriter, draw_overlay
 
     args.precision = args.precision or DEFAULT_PRECISION[args.backend]
@@ -324,7 +326,7 @@ def main_run(args: argparse.Namespace) -> int:
         with _open(args, [source.size] if args.backend == "trt" else []) as runner:
             pred = VideoPredictor(
                 runner,
-                mem_every=args.mem_every or DEFAULT_MEM_EVERY,
+                mem_every=args.mem_every,
                 prev_every=args.prev_every,
                 max_side=args.max_side,
                 scale=args.scale,
@@ -376,6 +378,7 @@ def main_run(args: argparse.Namespace) -> int:
         + ", ".join(f"{s} {np.mean(pred.timings[s][1:] or pred.timings[s]):.1f}"
                     for s in TIMED_STAGES)
     )
+    print(describe_schedule(pred.mem_every, pred.prev_every))
     print(f"masks written to {out}")
     if overlay:
         print(f"overlay video (H.264, {overlay.frames} frames) written to {overlay.path}")
@@ -469,7 +472,7 @@ def _fingerprint(args: argparse.Namespace, source, names: list[str],
     from pathlib import Path
 
     from mlvos.fileio import sha256_file
-    from mlvos.runtime.spec import DEFAULT_MEM_EVERY, parse_device
+    from mlvos.runtime.spec import parse_device
 
     def stat(path: Path) -> list:
         st = path.stat()
@@ -495,7 +498,7 @@ def _fingerprint(args: argparse.Namespace, source, names: list[str],
         "--backend": args.backend,
         "--precision": args.precision,
         "--device": "cpu" if kind == "cpu" else f"cuda:{index}",
-        "--mem-every": args.mem_every or DEFAULT_MEM_EVERY,
+        "--mem-every": args.mem_every,  # None: the model's (its manifest is recorded above)
         "--prev-every": args.prev_every,
         "--max-side": args.max_side,
         "--scale": args.scale,
@@ -529,8 +532,8 @@ def _run_dataset(args: argparse.Namespace, palette_io, tqdm) -> int:
 
     from mlvos.data.datasets import DavisDataset
     from mlvos.fileio import atomic_dir
-    from mlvos.runtime.predictor import VideoPredictor
-    from mlvos.runtime.spec import DEFAULT_MEM_EVERY, TIMED_STAGES
+    from mlvos.runtime.predictor import VideoPredictor, describe_schedule
+    from mlvos.runtime.spec import TIMED_STAGES
 
     dataset = DavisDataset(args.data, split=args.split)
     total = sum(len(seq) for seq in dataset)
@@ -541,7 +544,7 @@ def _run_dataset(args: argparse.Namespace, palette_io, tqdm) -> int:
     with _open(args, sizes) as runner, atomic_dir(args.out, force=True) as tmp, \
             tqdm(total=total, unit="frame") as bar:
         for seq in dataset:
-            pred = VideoPredictor(runner, mem_every=args.mem_every or DEFAULT_MEM_EVERY,
+            pred = VideoPredictor(runner, mem_every=args.mem_every,
                                   prev_every=args.prev_every, max_side=args.max_side,
                                   scale=args.scale, profile=True, locality=args.locality)
             pred.add_mask(0, seq.first_mask())
@@ -557,6 +560,8 @@ def _run_dataset(args: argparse.Namespace, palette_io, tqdm) -> int:
           f"({args.backend}, {args.precision})")
     print("ms per frame (mean, frames 2..N): "
           + ", ".join(f"{s} {np.mean(timings[s]):.1f}" for s in TIMED_STAGES))
+    if dataset:
+        print(describe_schedule(pred.mem_every, pred.prev_every))
     print(f"masks written to {args.out}; score them with `mlvos eval --gt "
           f"{dataset.mask_dir} --pred {args.out}`")
     return 0

@@ -25,7 +25,7 @@ from typing import Any
 
 from mlvos.fileio import atomic_write_text, sha256_file, stable_json
 from mlvos.runtime.errors import ManifestError
-from mlvos.runtime.spec import Graph, TensorSpec
+from mlvos.runtime.spec import DEFAULT_MEM_EVERY, Graph, TensorSpec
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "mlvos-export"
@@ -56,6 +56,11 @@ def graph_entry(
         "outputs": [t.to_dict() for t in outputs],
         **extra,
     }
+
+
+def config_schedule(config: dict[str, Any]) -> tuple[int, int]:
+    """(mem_every, prev_every) of a ModelConfig dict; STM's where it has no such fields."""
+    return (int(config.get("mem_every", DEFAULT_MEM_EVERY)), int(config.get("prev_every", 1)))
 
 
 def read_options(data: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +210,12 @@ class Manifest:
         TorchRunner: {"read_topk": int | None, "read_kernel": float | None}, None where the
         manifest's config predates the option (the checkpoint's value then applies)."""
         return read_options(self.data)
+
+    @property
+    def schedule(self) -> tuple[int, int]:
+        """(mem_every, prev_every): the memory schedule of the exported model's config
+        (ModelConfig), STM's (DEFAULT_MEM_EVERY, 1) where the config predates the fields."""
+        return config_schedule(self.data.get("config") or {})
 
     @property
     def checkpoint_path(self) -> Path | None:

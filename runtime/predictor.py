@@ -195,6 +195,19 @@ def propagate(
         yield predictor.step(frame)
 
 
+def describe_schedule(mem_every: int, prev_every: int) -> str:
+    """One line for run summaries, e.g. "memory: the annotated frames and one frame in 5 kept
+    (--mem-every 5), no previous-frame slot (--prev-every 5)"."""
+    if prev_every % mem_every == 0:
+        prev = "no previous-frame slot"
+    elif prev_every == 1:
+        prev = "previous frame in a temporary slot"
+    else:
+        prev = f"temporary previous-frame slot refreshed every {prev_every} frames"
+    return (f"memory: the annotated frames and one frame in {mem_every} kept (--mem-every "
+            f"{mem_every}), {prev} (--prev-every {prev_every})")
+
+
 class _Clock:
     """Per-stage wall time of one step (synchronizing the device between stages)."""
 
@@ -230,7 +243,8 @@ class VideoPredictor:
 
     Args:
         runner: an opened backend Runner (see runtime.backends.open_runner).
-        mem_every: every `mem_every`-th frame is kept in memory (STM's schedule).
+        mem_every: every `mem_every`-th frame is kept in memory; None (default): the model's
+            (`runner.schedule`, from its config: 5 for every shipped variant, STM's).
         max_side: if set, frames whose longer side exceeds it are processed at a reduced internal
             size and the label map is resized back (nearest) to the input size.
         scale: internal size = frame size x `scale` (then capped by max_side), label maps
@@ -244,9 +258,11 @@ class VideoPredictor:
             probabilities are weighted by a Gaussian of sigma `locality` x its previous box's
             longer side around that box; 0 (default) = off. Host-side, after read_decoder.
         prev_every: how often the previous frame's temporary slot is refreshed: every frame
-            (1, STM's schedule, the default) or every N-th frame. Frames that are neither
-            annotated, periodic (mem_every) nor a refresh skip the memory encoder entirely: at
-            N=2 it runs on about half the frames. README, Memory schedule, has the accuracy cost.
+            (1, STM's schedule) or every N-th frame (a multiple of mem_every: never, so no
+            previous-frame slot at all). Frames neither annotated, periodic (mem_every) nor a
+            refresh skip the memory encoder entirely: at N=2 it runs on about half the frames.
+            None (default): the model's (`runner.schedule`; 1 for `paper`, 5 for `tiny`).
+            README, Memory schedule, has the accuracy cost.
         annotations: when more annotated frames arrive than the bank keeps (runner.capacity -
             1; periodic frames are evicted first): "keep-latest" (default) keeps the first and
             the latest annotations and logs a warning for each one evicted; "refuse" makes the
@@ -257,17 +273,20 @@ class VideoPredictor:
         self,
         runner: Runner,
         *,
-        mem_every: int = DEFAULT_MEM_EVERY,
+        mem_every: int | None = None,
         max_side: int | None = None,
         scale: float = 1.0,
         max_objects: int | None = None,
         profile: bool = False,
         locality: float = 0.0,
         annotations: str = KEEP_LATEST,
-        prev_every: int = 1,
+        prev_every: int | None = None,
     ):
-        if mem_every < 1:
-            raise InputError(f"mem_every must be >= 1, got {mem_every}")
+        model_mem, model_prev = getattr(runner, "schedule", (DEFAULT_MEM_EVERY, 1))
+        mem_every = model_mem if mem_every is None else mem_every
+        prev_every = model_prev if prev_every is None else prev_every
+        if isinstance(mem_every, bool) or not isinstance(mem_every, int) or mem_every < 1:
+            raise InputError(f"mem_every must be an integer >= 1, got {mem_every!r}")
         if isinstance(prev_every, bool) or not isinstance(prev_every, int) or prev_every < 1:
             raise InputError(f"prev_every must be an integer >= 1, got {prev_every!r}")
         self.prev_every = prev_every

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mlvos.errors import InputError
+from mlvos.runtime.spec import DEFAULT_MEM_EVERY
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,13 @@ class Runner(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+    @property
+    def schedule(self) -> tuple[int, int]:
+        """(mem_every, prev_every) the model was validated with: VideoPredictor's default.
+        From the export's manifest; STM's (DEFAULT_MEM_EVERY, 1) for a runner without one."""
+        manifest = getattr(self, "manifest", None)
+        return manifest.schedule if manifest is not None else (DEFAULT_MEM_EVERY, 1)
 
     def synchronize(self) -> None:  # noqa: B027 - CPU backends are synchronous
         """Wait for queued device work (for timing)."""

@@ -12,6 +12,7 @@ import numpy as np
 
 from mlvos.errors import InputError
 from mlvos.runtime.backends.base import Runner
+from mlvos.runtime.spec import DEFAULT_MEM_EVERY
 
 
 class EnsembleRunner(Runner):
@@ -36,11 +37,19 @@ class EnsembleRunner(Runner):
                 "use models of one backbone stride"
             )
         self.members = list(members)
+        schedules = {tuple(getattr(m, "schedule", (DEFAULT_MEM_EVERY, 1))) for m in members}
+        # members validated with different schedules: STM's, the schedule no member prefers
+        self._schedule = schedules.pop() if len(schedules) == 1 else (DEFAULT_MEM_EVERY, 1)
         self.stride = strides.pop()
         self.capacity = capacities.pop()
         limits = [m.max_objects for m in members if hasattr(m, "max_objects")]
         if limits:
             self.max_objects = min(limits)
+
+    @property
+    def schedule(self) -> tuple[int, int]:
+        """The members' (mem_every, prev_every) where they agree, else STM's."""
+        return self._schedule
 
     def __enter__(self) -> EnsembleRunner:
         for m in self.members:

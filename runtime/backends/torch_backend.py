@@ -70,6 +70,8 @@ class TorchRunner:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.stride = model.stride
         self.capacity = capacity
+        # the memory schedule the model was validated with (VideoPredictor's default)
+        self.schedule = (model.config.mem_every, model.config.prev_every)
         self.key_dim, self.value_dim = model.config.key_dim, model.config.value_dim
         # a shared-key model's bank stores each frame's key once (object-free key bank)
         self.object_free_keys = bool(model.config.shared_key)

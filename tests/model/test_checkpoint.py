@@ -135,6 +135,32 @@ def test_read_priors_bad_values(tiny_ckpt, changes, match):
         with_read_options(model, **{key.removeprefix("read_"): value})
 
 
+@pytest.mark.parametrize("changes", [{"mem_every": 0}, {"prev_every": -1}, {"prev_every": 2.0},
+                                     {"mem_every": True}])
+def test_schedule_bad_values(changes):
+    from mlvos.errors import ConfigError
+    from mlvos.model.config import ModelConfig
+    from mlvos.model.registry import get_config
+
+    key = next(iter(changes))
+    with pytest.raises(ConfigError, match=f"{key} must be an integer >= 1"):
+        ModelConfig.from_dict({**get_config("tiny").to_dict(), **changes})
+
+
+def test_schedule_of_old_configs_is_stms():
+    # tiny is validated without a previous-frame slot; paper and configs written before the
+    # fields existed keep STM's schedule
+    from mlvos.model.config import ModelConfig
+    from mlvos.model.registry import get_config
+
+    tiny = get_config("tiny")
+    assert (tiny.mem_every, tiny.prev_every) == (5, 5)
+    assert (get_config("paper").mem_every, get_config("paper").prev_every) == (5, 1)
+    old = tiny.to_dict()
+    del old["mem_every"], old["prev_every"]
+    assert (ModelConfig.from_dict(old).mem_every, ModelConfig.from_dict(old).prev_every) == (5, 1)
+
+
 def test_with_read_options_keeps_weights_and_changes_the_read(tiny_ckpt):
     from mlvos.model.checkpoint import with_read_options
 

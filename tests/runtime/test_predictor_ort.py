@@ -26,7 +26,7 @@ def _video(n=8, h=90, w=120):
     return list(synth_sequence(11, n, h, w, num_objects=3))
 
 
-def _propagate(runner, video, mem_every=3):
+def _propagate(runner, video, mem_every: int | None = 3):
     pred = VideoPredictor(runner, mem_every=mem_every)
     pred.add_mask(0, video[0][1])
     return [pred.step(f) for f, _ in video]
@@ -87,8 +87,7 @@ def test_query_encoder_runs_once_per_frame(export_dir):
 @pytest.mark.parametrize("prev_every", [1, 2, 3])
 def test_prev_every_encodes_memory_only_where_the_schedule_says(export_dir, prev_every):
     """The memory encoder runs on the annotated frame, every mem_every-th frame and every
-    prev_every-th frame (the previous-frame slot's refreshes); prev_every=1 is STM's schedule
-    and gives the same masks as the default."""
+    prev_every-th frame (the previous-frame slot's refreshes)."""
     video = _video(n=10, h=64, w=96)
     with open_runner(export_dir, backend="ort") as runner:
         calls = []
@@ -100,10 +99,33 @@ def test_prev_every_encodes_memory_only_where_the_schedule_says(export_dir, prev
     expected = [t for t in range(10) if t % 4 == 0 or t % prev_every == 0]
     assert len(calls) == len(expected)
     assert all(lab.shape == (64, 96) for lab in labels)
-    if prev_every == 1:
-        with open_runner(export_dir, backend="ort") as runner:
-            default = _propagate(runner, video, mem_every=4)
-        assert all((a == b).all() for a, b in zip(labels, default))
+
+
+def test_default_schedule_is_the_models(export_dir, tmp_path):
+    """Without mem_every / prev_every the predictor takes the schedule of the model's config
+    (tiny: no previous-frame slot), explicit values win, and an export whose config predates
+    the fields runs STM's schedule (5 / 1): its masks are those of prev_every=1."""
+    video = _video(n=7, h=64, w=96)
+    with open_runner(export_dir, backend="ort") as runner:
+        assert runner.schedule == (5, 5)
+        pred = VideoPredictor(runner)
+        assert (pred.mem_every, pred.prev_every) == (5, 5)
+        pred = VideoPredictor(runner, prev_every=2)
+        assert (pred.mem_every, pred.prev_every) == (5, 2)
+        pred = VideoPredictor(runner, prev_every=1)
+        pred.add_mask(0, video[0][1])
+        stm = [pred.step(f) for f, _ in video]
+    with open_runner(export_dir, backend="torch") as runner:
+        assert runner.schedule == (5, 5)  # the checkpoint's config
+    copy = tmp_path / "old"
+    shutil.copytree(export_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["config"]["mem_every"], manifest["config"]["prev_every"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with open_runner(copy, backend="ort") as runner:
+        assert runner.schedule == (5, 1)
+        old = _propagate(runner, video, mem_every=None)
+    assert all((a == b).all() for a, b in zip(stm, old))
 
 
 def test_bad_prev_every(export_dir):

@@ -71,7 +71,7 @@ def test_records_graph_inputs_only_while_recording():
     video = list(synth_sequence(3, 4, 64, 96, num_objects=2))
     runner = RecordingRunner(TorchRunner(build_model("tiny", seed=0).eval(), capacity=3))
     with runner:
-        pred = VideoPredictor(runner, mem_every=2)
+        pred = VideoPredictor(runner, mem_every=2, prev_every=1)  # all graphs every frame
         pred.add_mask(0, video[0][1])
         pred.step(video[0][0])  # not recorded
         runner.recording = True
