@@ -158,10 +158,17 @@ class RunTimings:
     device: dict[str, list[float]] | None
     skip: int
     rss_after_warmup_mb: float | None = None
+    memory_steps: list[bool] | None = None  # per frame: the memory encoder ran
 
     def timed(self, which: str = "wall") -> dict[str, list[float]]:
         src = self.wall if which == "wall" else self.device
         return {s: v[self.skip :] for s, v in src.items()}
+
+    def memory_share(self) -> float:
+        """Share of the timed frames that ran the memory encoder (1.0 = every frame, STM's
+        schedule; a schedule without a previous-frame slot runs it on 1 frame in mem_every)."""
+        steps = (self.memory_steps or [])[self.skip :]
+        return sum(steps) / len(steps) if steps else 1.0
 
 
 def run_video(
@@ -205,7 +212,7 @@ def run_video(
             rss_after = host_memory()["rss_mb"]
         if deadline is not None and i + 1 >= skip + min_frames and time.perf_counter() > deadline:
             break
-    return RunTimings(pred.timings, device, skip, rss_after)
+    return RunTimings(pred.timings, device, skip, rss_after, pred.memory_steps)
 
 
 def frame0_memory(runner: Any, video: SyntheticVideo):

@@ -306,6 +306,9 @@ class VideoPredictor:
         self.profile = profile
         self.locality = check_scale(locality)
         self.timings: dict[str, list[float]] = {s: [] for s in TIMED_STAGES}
+        # with profile: per step, whether the memory encoder ran (the schedule skips it on some
+        # frames, so its per-frame cost is its run time x the share of frames that run it)
+        self.memory_steps: list[bool] = []
         self.reset()
 
     # ------------------------------------------------------------------------------ public API
@@ -435,6 +438,8 @@ class VideoPredictor:
         clock.lap("postprocess")
         # a temporary frame between refreshes of the previous-frame slot is not memorized
         skip_memory = kind == TEMP and t % self.prev_every != 0
+        if self.profile:
+            self.memory_steps.append(bool(self.ids) and not skip_memory)
         if self.ids and not skip_memory:
             key, value = runner.encode_memory(frame_dev, probs, query)
             slot, invalid = self.policy.place(t, kind)

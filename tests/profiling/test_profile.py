@@ -106,6 +106,23 @@ def test_report_has_every_section(report):
     assert report["memory"]["peak_rss_mb"] > 0
 
 
+def test_memory_encoder_work_counts_only_the_frames_that_ran_it(report):
+    # tiny keeps no previous-frame slot (its config's schedule, which the profile uses and
+    # states): of the timed frames 2-4 (warm-up 1) none is a 5th frame, so the memory encoder
+    # adds no work per frame there, where a full write per frame would overstate its rate
+    from mlvos.profiling.measure import RunTimings
+
+    assert (report["config"]["mem_every"], report["config"]["prev_every"]) == (5, 5)
+    assert "no previous-frame slot" in report["schedule"]
+    for e in report["resolution_sweep"] + report["object_sweep"]:
+        assert e["memory_encoder_share"] == 0.0 and e["gmacs"]["memory_encoder"] == 0.0
+        assert e["gmacs"]["total"] == pytest.approx(
+            sum(v for k, v in e["gmacs"].items() if k != "total"))
+    run = RunTimings({}, None, skip=2, memory_steps=[True, False, True, False, False, True])
+    assert run.memory_share() == 0.5
+    assert RunTimings({}, None, skip=1).memory_share() == 1.0
+
+
 def test_object_slope_is_fitted_from_the_sweep(report):
     from mlvos.profiling.report import object_slope, object_slope_text
 
