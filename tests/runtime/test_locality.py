@@ -1,4 +1,4 @@
-"""The location prior against look-alikes (runtime.locality), numpy-only and in the predictor."""
+"""The location prior against look-alikes (runtime.locality), on arrays and in the predictor."""
 
 import numpy as np
 import pytest
@@ -15,6 +15,19 @@ def test_slot_boxes_inclusive_and_absent_objects():
     boxes = slot_boxes(slots, 3)
     assert boxes.tolist() == [[2, 3, 4, 8], [-1, -1, -1, -1], [10, 20, 10, 20]]
     assert slot_boxes(slots, 0).shape == (0, 4)
+
+
+def test_slot_box_is_the_main_components_not_the_leaks():
+    # A label that leaked onto a small look-alike far away: the prior stays on the main body
+    # (a box around both would span the frame and hold nothing back).
+    slots = np.zeros((40, 200), np.uint8)
+    slots[10:30, 10:25] = 1
+    slots[12:18, 170:176] = 1  # the leak
+    slots[5:7, 100:102] = 2
+    slots[30:33, 100:103] = 2  # two pieces: the larger wins
+    slots[20, 60] = 1
+    slots[21, 61] = 1  # diagonal neighbours are one 8-connected piece, still smaller
+    assert slot_boxes(slots, 2).tolist() == [[10, 10, 29, 24], [30, 100, 32, 102]]
 
 
 def test_look_alike_far_from_the_previous_box_loses_the_label():
