@@ -114,7 +114,7 @@ class ModelConfig:
         mem_every / prev_every: the memory schedule the model was validated with, which the
             runtime uses unless told otherwise (runtime.VideoPredictor): every `mem_every`-th
             frame is kept, and the previous frame's temporary slot is refreshed every
-            `prev_every`-th frame (1 = every frame, STM's; `prev_every` >= `mem_every` = no
+            `prev_every`-th frame (1 = every frame, STM's; a multiple of `mem_every` = no
             previous-frame slot). Not architecture: they add no parameters.
     """
 

@@ -14,8 +14,8 @@ background. The largest component, not the whole mask: once a label has leaked o
 look-alike elsewhere, a box around all its pixels spans both and the prior stops holding it
 (measured on vtest.avi: the first person's label grew to 10.3x its area that way, 1.67x with
 the component's box; README, Measured). An object that was absent in the previous frame gets no
-prior, so it can re-enter anywhere. Runs on the host in numpy after
-the read_decoder graph, so every backend and precision gets it unchanged.
+prior, so it can re-enter anywhere. Runs on the host (numpy, OpenCV's connected components)
+after the read_decoder graph, so every backend and precision gets it unchanged.
 """
 
 from __future__ import annotations

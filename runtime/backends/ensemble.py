@@ -37,7 +37,7 @@ class EnsembleRunner(Runner):
                 "use models of one backbone stride"
             )
         self.members = list(members)
-        schedules = {tuple(getattr(m, "schedule", (DEFAULT_MEM_EVERY, 1))) for m in members}
+        schedules = {tuple(m.schedule) for m in members}
         # members validated with different schedules: STM's, the schedule no member prefers
         self._schedule = schedules.pop() if len(schedules) == 1 else (DEFAULT_MEM_EVERY, 1)
         self.stride = strides.pop()

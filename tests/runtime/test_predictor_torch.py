@@ -1,6 +1,7 @@
 """The runtime's frame loop (the only one) on the torch backend: STM's schedule reproduced exactly,
 ensembles, ids, errors."""
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -110,6 +111,12 @@ def test_ensemble_averages_member_probabilities():
         assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
     with pytest.raises(InputError, match="share stride and capacity"):
         EnsembleRunner([TorchRunner(a, capacity=3), TorchRunner(b, capacity=4)])
+    # the members' schedule where they agree (tiny's), STM's where they do not
+    assert EnsembleRunner(members).schedule == (5, 5)
+    stm = build_model("tiny", seed=2).eval()
+    stm.config = dataclasses.replace(stm.config, prev_every=1)
+    assert EnsembleRunner([TorchRunner(a, capacity=3), TorchRunner(stm, capacity=3)]).schedule \
+        == (5, 1)
 
 
 def test_annotations_beyond_the_bank_keep_first_and_latest_with_a_warning(ckpt, caplog):
